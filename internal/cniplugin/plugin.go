@@ -1,0 +1,109 @@
+// Package cniplugin is the edge every plumb plugin shares: skel wiring for all
+// CNI verbs, result conversion to the caller's spec version, CNI_ARGS and
+// prevResult parsing, and turning errors (and panics) into CNI error JSON.
+package cniplugin
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/ns"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// Version is plumb's release, set with -ldflags "-X ...cniplugin.Version=...".
+var Version = "v0.1.0"
+
+// SupportedVersions are the spec versions every plumb plugin accepts and can
+// answer in.
+var SupportedVersions = version.PluginSupports("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+// Plugin is one CNI plugin. Add returns the result in any version; the edge
+// converts it to the version the config asks for.
+type Plugin interface {
+	Add(args *skel.CmdArgs) (types.Result, error)
+	Del(args *skel.CmdArgs) error
+	Check(args *skel.CmdArgs) error
+	GC(args *skel.CmdArgs) error
+	Status(args *skel.CmdArgs) error
+}
+
+// Main runs p as the plugin binary name and exits.
+func Main(name string, p Plugin) {
+	about := fmt.Sprintf("CNI %s plugin %s (plumb)", name, Version)
+	if e := skel.PluginMainFuncsWithError(Funcs(p), SupportedVersions, about); e != nil {
+		if err := e.Print(); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: write error: %v\n", name, err)
+		}
+		os.Exit(1)
+	}
+}
+
+// Funcs adapts p to skel: it prints ADD's result in the config's version,
+// refuses to run ADD in the plugin's own namespace before changing anything,
+// and converts errors and panics into *types.Error with the full message.
+func Funcs(p Plugin) skel.CNIFuncs {
+	return skel.CNIFuncs{
+		Add: guard("ADD", func(args *skel.CmdArgs) error {
+			if err := checkForeignNetNS(args); err != nil {
+				return err
+			}
+			res, err := p.Add(args)
+			if err != nil {
+				return err
+			}
+			return PrintResult(res, args.StdinData)
+		}),
+		Del:    guard("DEL", p.Del),
+		Check:  guard("CHECK", p.Check),
+		GC:     guard("GC", p.GC),
+		Status: guard("STATUS", p.Status),
+	}
+}
+
+// guard converts errors to CNI errors and a panic into error 999 without a
+// Go stack on stdout.
+func guard(verb string, fn func(*skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				err = types.NewError(CodeInternal, fmt.Sprintf("%s: internal error: %v", verb, r), "")
+			}
+		}()
+		if err := fn(args); err != nil {
+			return ToCNI(err)
+		}
+		return nil
+	}
+}
+
+// checkForeignNetNS rejects a CNI_NETNS that is the plugin's own namespace:
+// skel checks this only after ADD ran, when the damage is done.
+func checkForeignNetNS(args *skel.CmdArgs) error {
+	if o := strings.ToUpper(args.NetnsOverride); o == "TRUE" || o == "1" || args.Netns == "" {
+		return nil
+	}
+	same, err := ns.CheckNetNS(args.Netns)
+	if err != nil {
+		return err
+	}
+	if same {
+		return Errorf(CodeInvalidNetNS, "CNI_NETNS %s is the plugin's own network namespace", args.Netns)
+	}
+	return nil
+}
+
+// PrintResult writes res to stdout converted to the cniVersion of stdin.
+func PrintResult(res types.Result, stdin []byte) error {
+	v, err := (&version.ConfigDecoder{}).Decode(stdin)
+	if err != nil {
+		return WithCode(CodeDecode, fmt.Errorf("read cniVersion: %w", err))
+	}
+	if err := types.PrintResult(res, v); err != nil {
+		return WithCode(CodeIncompatibleVersion, fmt.Errorf("convert result to version %s: %w", v, err))
+	}
+	return nil
+}

@@ -1,0 +1,108 @@
+// Package testns gives tests throwaway network namespaces, so that no test
+// ever creates a link, address, route, sysctl or firewall rule in the
+// machine's own namespace.
+//
+// A test package that needs root calls MainInHostNS from TestMain: the test
+// binary re-executes itself in a fresh, unnamed network namespace (the "host"
+// of the test) that the kernel deletes when the process exits, whatever way it
+// exits. Container namespaces come from NewNS and are removed on cleanup.
+package testns
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+
+	"github.com/plumbnet/plumb/internal/netns"
+)
+
+// envInHostNS marks the re-executed test binary.
+const envInHostNS = "PLUMB_TEST_IN_HOSTNS"
+
+// InHostNS reports whether this process runs in a throwaway host namespace.
+func InHostNS() bool { return os.Getenv(envInHostNS) == "1" }
+
+// MainInHostNS runs the tests of a package in a throwaway network namespace
+// when running as root; otherwise it runs them as they are (root tests skip).
+func MainInHostNS(m *testing.M) { os.Exit(RunInHostNS(m)) }
+
+// RunInHostNS is MainInHostNS returning the exit code, for a TestMain that
+// sets up and tears down around the tests (only InHostNS() is the side that
+// runs them).
+func RunInHostNS(m *testing.M) int {
+	if os.Geteuid() != 0 || InHostNS() {
+		if InHostNS() {
+			if err := loopbackUp(); err != nil {
+				fmt.Fprintln(os.Stderr, "testns:", err)
+				return 1
+			}
+		}
+		return m.Run()
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testns: find test binary:", err)
+		return 1
+	}
+	cmd := exec.Command(self, os.Args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), envInHostNS+"=1")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(os.Stderr, "testns: run tests in a new network namespace:", err)
+		return 1
+	}
+	return 0
+}
+
+func loopbackUp() error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	return netlink.LinkSetUp(lo)
+}
+
+// RequireRoot skips t unless it runs as root inside a throwaway host
+// namespace made by MainInHostNS.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: run `make test` as root")
+	}
+	if !InHostNS() {
+		t.Skip("needs a throwaway host namespace: call testns.MainInHostNS from TestMain")
+	}
+}
+
+// NewNS creates a named network namespace (a "container") and deletes it
+// when the test ends.
+func NewNS(t testing.TB) *netns.NS {
+	t.Helper()
+	RequireRoot(t)
+	made, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	path := made.Path()
+	t.Cleanup(func() {
+		made.Close()
+		if err := testutils.UnmountNS(made); err != nil {
+			t.Errorf("remove netns %s: %v", path, err)
+		}
+	})
+	n, err := netns.Open(path)
+	if err != nil {
+		t.Fatalf("open netns: %v", err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
