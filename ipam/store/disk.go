@@ -1,0 +1,458 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// On-disk layout, shared with the reference host-local (do not change):
+// dataDir/network/<ip.String()> holds "containerID\r\nifname" (or, from old
+// versions, just the container ID), last_reserved_ip.<rangeID> holds an
+// address, and flock(2) on the file "lock" serialises every writer.
+const (
+	lockName     = "lock"
+	lastIPPrefix = "last_reserved_ip."
+	lineBreak    = "\r\n"
+)
+
+// tmpPrefix marks our half-written files. Readers skip them and Lock removes
+// them: writers hold the lock, so one found by a new holder is from a crash.
+const tmpPrefix = ".plumb-tmp-"
+
+// Owner-only permissions: reservation files name containers, and nobody but
+// the runtime (root) has business reading or writing them.
+const (
+	dirPerm  = 0o700
+	filePerm = 0o600
+)
+
+// Lock polling: short at first so an uncontended handover is quick, capped so
+// many waiting plugins do not spin.
+const (
+	lockPollMin = time.Millisecond
+	lockPollMax = 20 * time.Millisecond
+)
+
+// maxNameLen is NAME_MAX on Linux filesystems.
+const maxNameLen = 255
+
+// Disk is the reference-compatible on-disk Store. Reservations are created
+// with link(2) from a complete, fsynced temporary file so a crash can never
+// leave a torn reservation of ours.
+type Disk struct {
+	dir      string
+	lockPath string
+	lockFile *os.File
+	dirFile  *os.File // kept open to fsync the directory after changes
+}
+
+var _ Store = (*Disk)(nil)
+
+// NewDisk opens (creating if needed) the store for network under dataDir.
+// dataDir must be absolute and clean and network a single path element, so
+// the store can never reach outside dataDir whatever the config says.
+func NewDisk(dataDir, network string) (*Disk, error) {
+	if err := validateNetworkName(network); err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(dataDir) || filepath.Clean(dataDir) != dataDir {
+		return nil, fmt.Errorf("IPAM data directory %q must be an absolute, clean path", dataDir)
+	}
+	dir := filepath.Join(dataDir, network)
+	if parent := filepath.Dir(dir); parent != dataDir {
+		return nil, fmt.Errorf("IPAM store %q escapes data directory %q", dir, dataDir)
+	}
+	if err := os.MkdirAll(dir, dirPerm); err != nil {
+		return nil, fmt.Errorf("create IPAM store directory: %w", err)
+	}
+	dirFile, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open IPAM store directory: %w", err)
+	}
+	lockPath := filepath.Join(dir, lockName)
+	lockFile, err := os.OpenFile(lockPath, os.O_RDONLY|os.O_CREATE, filePerm)
+	if err != nil {
+		dirFile.Close()
+		return nil, fmt.Errorf("open IPAM store lock: %w", err)
+	}
+	return &Disk{dir: dir, lockPath: lockPath, lockFile: lockFile, dirFile: dirFile}, nil
+}
+
+// validateNetworkName accepts exactly one path element.
+func validateNetworkName(network string) error {
+	switch {
+	case network == "":
+		return errors.New("invalid network name: empty")
+	case network == "." || network == "..":
+		return fmt.Errorf("invalid network name %q: not a directory name", network)
+	case strings.ContainsAny(network, "/\x00"):
+		return fmt.Errorf("invalid network name %q: contains '/' or NUL", network)
+	case len(network) > maxNameLen:
+		return fmt.Errorf("invalid network name %.16q...: longer than %d bytes", network, maxNameLen)
+	}
+	return nil
+}
+
+// Dir is the directory holding this network's state.
+func (d *Disk) Dir() string { return d.dir }
+
+// Lock polls a non-blocking flock until it is had or ctx ends, because a
+// blocking flock(2) cannot be interrupted by a context.
+func (d *Disk) Lock(ctx context.Context) error {
+	delay := lockPollMin
+	for {
+		ok, err := d.flock(unix.LOCK_EX | unix.LOCK_NB)
+		if err != nil {
+			return fmt.Errorf("lock %s: %w", d.lockPath, err)
+		}
+		if ok {
+			d.removeTemps()
+			return nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("lock %s: %w: %w", d.lockPath, ErrLockTimeout, context.Cause(ctx))
+		case <-t.C:
+		}
+		delay = min(2*delay, lockPollMax)
+	}
+}
+
+// Unlock releases the flock.
+func (d *Disk) Unlock() error {
+	if _, err := d.flock(unix.LOCK_UN); err != nil {
+		return fmt.Errorf("unlock %s: %w", d.lockPath, err)
+	}
+	return nil
+}
+
+// flock applies how to the lock file; ok is false when LOCK_NB found it held.
+func (d *Disk) flock(how int) (ok bool, err error) {
+	rc, err := d.lockFile.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	cerr := rc.Control(func(fd uintptr) {
+		for {
+			err = unix.Flock(int(fd), how)
+			if err != unix.EINTR {
+				return
+			}
+		}
+	})
+	if cerr != nil {
+		return false, cerr
+	}
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// removeTemps deletes leftovers of a crashed writer. It is best effort:
+// readers ignore temp files, so one that cannot be removed does no harm.
+func (d *Disk) removeTemps() {
+	entries, err := os.ReadDir(d.dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tmpPrefix) {
+			_ = os.Remove(filepath.Join(d.dir, e.Name()))
+		}
+	}
+}
+
+// Close releases the lock (closing the descriptor drops the flock) and the
+// directory handle.
+func (d *Disk) Close() error {
+	return errors.Join(d.lockFile.Close(), d.dirFile.Close())
+}
+
+// Reserve implements Store.
+func (d *Disk) Reserve(owner Owner, ip net.IP, rangeID string) (bool, error) {
+	owner, err := normalizeOwner(owner)
+	if err != nil {
+		return false, fmt.Errorf("reserve %v in %s: %w", ip, d.dir, err)
+	}
+	if ip, err = canonicalIP(ip); err != nil {
+		return false, fmt.Errorf("reserve in %s: %w", d.dir, err)
+	}
+	if err := validateRangeID(rangeID); err != nil {
+		return false, fmt.Errorf("reserve %s in %s: %w", ip, d.dir, err)
+	}
+	name := ip.String()
+	path := filepath.Join(d.dir, name)
+
+	// Most candidates the allocator tries in a busy range are taken; a
+	// stat answers that without writing a temp file.
+	if _, err := os.Lstat(path); err == nil {
+		return false, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("reserve %s in %s: %w", ip, d.dir, err)
+	}
+
+	created, err := d.createExclusive(name, owner.ContainerID+lineBreak+owner.IfName)
+	if err != nil || !created {
+		if err != nil {
+			err = fmt.Errorf("reserve %s in %s: %w", ip, d.dir, err)
+		}
+		return false, err
+	}
+	// A false/error return must leave no reservation behind, so undo the
+	// link if recording the last IP or making it durable fails.
+	if err := d.replace(lastIPPrefix+rangeID, name); err != nil {
+		_ = os.Remove(path)
+		return false, fmt.Errorf("reserve %s in %s: record last reserved IP: %w", ip, d.dir, err)
+	}
+	if err := d.dirFile.Sync(); err != nil {
+		_ = os.Remove(path)
+		return false, fmt.Errorf("reserve %s in %s: sync directory: %w", ip, d.dir, err)
+	}
+	return true, nil
+}
+
+// writeTemp writes content to a new fsynced temp file in the store directory
+// and returns its path.
+func (d *Disk) writeTemp(content string) (string, error) {
+	f, err := os.CreateTemp(d.dir, tmpPrefix+"*") // mode 0600
+	if err != nil {
+		return "", err
+	}
+	_, err = f.WriteString(content)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// createExclusive makes name hold content, or reports false if name exists.
+// link(2) fails with EEXIST rather than replacing, so the file appears
+// complete or not at all.
+func (d *Disk) createExclusive(name, content string) (bool, error) {
+	tmp, err := d.writeTemp(content)
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, filepath.Join(d.dir, name)); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// replace atomically sets name's content with rename(2).
+func (d *Disk) replace(name, content string) error {
+	tmp, err := d.writeTemp(content)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(d.dir, name)); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// LastReservedIP implements Store.
+func (d *Disk) LastReservedIP(rangeID string) (net.IP, error) {
+	if err := validateRangeID(rangeID); err != nil {
+		return nil, fmt.Errorf("last reserved IP in %s: %w", d.dir, err)
+	}
+	data, err := os.ReadFile(filepath.Join(d.dir, lastIPPrefix+rangeID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("last reserved IP in %s: %w", d.dir, err)
+	}
+	ip := net.ParseIP(strings.TrimSpace(string(data)))
+	if v4 := ip.To4(); v4 != nil {
+		ip = v4
+	}
+	return ip, nil
+}
+
+// entry is one directory entry that names a reservation.
+type entry struct {
+	ip      net.IP
+	name    string
+	regular bool
+}
+
+// entries lists reservations without reading them. Only canonical address
+// names count: those are the only names Reserve checks and Release removes,
+// so anything else (lock, last_reserved_ip.*, temp files, strays) is not a
+// reservation.
+func (d *Disk) entries() ([]entry, error) {
+	des, err := os.ReadDir(d.dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]entry, 0, len(des))
+	for _, de := range des {
+		ip := net.ParseIP(de.Name())
+		if ip == nil || ip.String() != de.Name() {
+			continue
+		}
+		if v4 := ip.To4(); v4 != nil {
+			ip = v4
+		}
+		out = append(out, entry{ip: ip, name: de.Name(), regular: de.Type().IsRegular()})
+	}
+	return out, nil
+}
+
+// owner reads who holds e. An empty or truncated file still yields a record
+// (with an empty or partial owner) so the address is not handed out again.
+// Non-regular entries are not read but still block the address. ok is false
+// when the file vanished since it was listed.
+func (d *Disk) owner(e entry) (o Owner, ok bool, err error) {
+	if !e.regular {
+		return Owner{}, true, nil
+	}
+	data, err := os.ReadFile(filepath.Join(d.dir, e.name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Owner{}, false, nil
+	}
+	if err != nil {
+		return Owner{}, false, err
+	}
+	s := strings.TrimSpace(string(data))
+	id, ifname, _ := strings.Cut(s, lineBreak)
+	return Owner{ContainerID: id, IfName: ifname}, true, nil
+}
+
+// scan reads every reservation. Owner lookups must read every file because
+// the format keys files by address only.
+func (d *Disk) scan() ([]Reservation, error) {
+	es, err := d.entries()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Reservation, 0, len(es))
+	for _, e := range es {
+		o, ok, err := d.owner(e)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, Reservation{IP: e.ip, Owner: o})
+		}
+	}
+	sortReservations(out)
+	return out, nil
+}
+
+// GetByOwner implements Store.
+func (d *Disk) GetByOwner(owner Owner) ([]net.IP, error) {
+	owner, err := normalizeOwner(owner)
+	if err != nil {
+		return nil, fmt.Errorf("get addresses in %s: %w", d.dir, err)
+	}
+	rs, err := d.scan()
+	if err != nil {
+		return nil, fmt.Errorf("get addresses of %s in %s: %w", owner, d.dir, err)
+	}
+	var ips []net.IP
+	for _, r := range rs {
+		if exactMatch(r.Owner, owner) || legacyMatch(r.Owner, owner) {
+			ips = append(ips, r.IP)
+		}
+	}
+	return ips, nil
+}
+
+// ReleaseByOwner implements Store: exact records first, legacy ones only
+// when there are none (the reference's rule). It removes all it can and
+// reports every failure.
+func (d *Disk) ReleaseByOwner(owner Owner) ([]net.IP, error) {
+	owner, err := normalizeOwner(owner)
+	if err != nil {
+		return nil, fmt.Errorf("release addresses in %s: %w", d.dir, err)
+	}
+	rs, err := d.scan()
+	if err != nil {
+		return nil, fmt.Errorf("release addresses of %s in %s: %w", owner, d.dir, err)
+	}
+	var victims []net.IP
+	for _, match := range []func(rec, q Owner) bool{exactMatch, legacyMatch} {
+		for _, r := range rs {
+			if match(r.Owner, owner) {
+				victims = append(victims, r.IP)
+			}
+		}
+		if len(victims) > 0 {
+			break
+		}
+	}
+	var released []net.IP
+	var errs []error
+	for _, ip := range victims {
+		if err := d.remove(ip); err != nil {
+			errs = append(errs, fmt.Errorf("release %s of %s in %s: %w", ip, owner, d.dir, err))
+			continue
+		}
+		released = append(released, ip)
+	}
+	if len(released) > 0 {
+		if err := d.dirFile.Sync(); err != nil {
+			errs = append(errs, fmt.Errorf("release addresses of %s in %s: sync directory: %w", owner, d.dir, err))
+		}
+	}
+	return released, errors.Join(errs...)
+}
+
+// remove deletes ip's file; an absent file is already released.
+func (d *Disk) remove(ip net.IP) error {
+	err := os.Remove(filepath.Join(d.dir, ip.String()))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// Release implements Store.
+func (d *Disk) Release(ip net.IP) error {
+	ip, err := canonicalIP(ip)
+	if err != nil {
+		return fmt.Errorf("release in %s: %w", d.dir, err)
+	}
+	if err := d.remove(ip); err != nil {
+		return fmt.Errorf("release %s in %s: %w", ip, d.dir, err)
+	}
+	if err := d.dirFile.Sync(); err != nil {
+		return fmt.Errorf("release %s in %s: sync directory: %w", ip, d.dir, err)
+	}
+	return nil
+}
+
+// List implements Store.
+func (d *Disk) List() ([]Reservation, error) {
+	rs, err := d.scan()
+	if err != nil {
+		return nil, fmt.Errorf("list reservations in %s: %w", d.dir, err)
+	}
+	return rs, nil
+}
