@@ -18,8 +18,9 @@ const (
 	defaultLockTimeout = 30 * time.Second
 )
 
-// rangeJSON is one range as users write it.
-type rangeJSON struct {
+// RangeConf is one range as users write it (exported: encoding/json can
+// only fill an embedded pointer to an exported type).
+type RangeConf struct {
 	Subnet     types.IPNet `json:"subnet"`
 	RangeStart net.IP      `json:"rangeStart,omitempty"`
 	RangeEnd   net.IP      `json:"rangeEnd,omitempty"`
@@ -28,9 +29,9 @@ type rangeJSON struct {
 
 // ipamJSON is the "ipam" object; the embedded range is the legacy single-range form.
 type ipamJSON struct {
-	*rangeJSON
+	*RangeConf
 	Type        string         `json:"type"`
-	Ranges      [][]rangeJSON  `json:"ranges"`
+	Ranges      [][]RangeConf  `json:"ranges"`
 	Routes      []*types.Route `json:"routes"`
 	DataDir     string         `json:"dataDir"`
 	ResolvConf  string         `json:"resolvConf"`
@@ -42,7 +43,7 @@ type netJSON struct {
 	types.PluginConf
 	IPAM          *ipamJSON `json:"ipam"`
 	RuntimeConfig struct {
-		IPRanges [][]rangeJSON `json:"ipRanges"`
+		IPRanges [][]RangeConf `json:"ipRanges"`
 		IPs      []string      `json:"ips"`
 	} `json:"runtimeConfig"`
 	Args struct {
@@ -106,8 +107,8 @@ func parseConfig(stdin []byte, cniArgs string) (*Config, error) {
 	// Range sets: runtimeConfig.ipRanges (the node's pod CIDR) replaces the
 	// configured ranges; otherwise the legacy single range comes first.
 	sets := n.IPAM.Ranges
-	if n.IPAM.rangeJSON != nil && n.IPAM.rangeJSON.Subnet.IP != nil {
-		sets = append([][]rangeJSON{{*n.IPAM.rangeJSON}}, sets...)
+	if n.IPAM.RangeConf != nil && n.IPAM.RangeConf.Subnet.IP != nil {
+		sets = append([][]RangeConf{{*n.IPAM.RangeConf}}, sets...)
 	}
 	if len(n.RuntimeConfig.IPRanges) > 0 {
 		sets = n.RuntimeConfig.IPRanges
