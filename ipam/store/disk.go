@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,12 +34,6 @@ const (
 	filePerm = 0o600
 )
 
-// Lock polling: short at first so an uncontended handover is quick, capped so
-// many waiting plugins do not spin.
-const (
-	lockPollMin = time.Millisecond
-	lockPollMax = 20 * time.Millisecond
-)
 
 // maxNameLen is NAME_MAX on Linux filesystems.
 const maxNameLen = 255
@@ -105,27 +98,60 @@ func validateNetworkName(network string) error {
 // Dir is the directory holding this network's state.
 func (d *Disk) Dir() string { return d.dir }
 
-// Lock polls a non-blocking flock until it is had or ctx ends, because a
-// blocking flock(2) cannot be interrupted by a context.
+// Lock takes the flock, waiting until ctx ends. A free lock is taken at
+// once; otherwise a blocking flock(2) on a duplicate descriptor (same open
+// file, so the same lock) waits in a goroutine: hundreds of waiters polling
+// with LOCK_NB starve the holder of CPU, blocked waiters cost nothing.
 func (d *Disk) Lock(ctx context.Context) error {
-	delay := lockPollMin
-	for {
-		ok, err := d.flock(unix.LOCK_EX | unix.LOCK_NB)
+	ok, err := d.flock(unix.LOCK_EX | unix.LOCK_NB)
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", d.lockPath, err)
+	}
+	if !ok {
+		if err := d.waitLock(ctx); err != nil {
+			return err
+		}
+	}
+	d.removeTemps()
+	return nil
+}
+
+func (d *Disk) waitLock(ctx context.Context) error {
+	var fd int
+	rc, err := d.lockFile.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", d.lockPath, err)
+	}
+	var derr error
+	if cerr := rc.Control(func(f uintptr) { fd, derr = unix.Dup(int(f)) }); cerr != nil || derr != nil {
+		return fmt.Errorf("lock %s: dup: %w", d.lockPath, errors.Join(cerr, derr))
+	}
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for {
+			if err = unix.Flock(fd, unix.LOCK_EX); err != unix.EINTR {
+				break
+			}
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		unix.Close(fd) // the lock stays with the open file d.lockFile shares
 		if err != nil {
 			return fmt.Errorf("lock %s: %w", d.lockPath, err)
 		}
-		if ok {
-			d.removeTemps()
-			return nil
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("lock %s: %w: %w", d.lockPath, ErrLockTimeout, context.Cause(ctx))
-		case <-t.C:
-		}
-		delay = min(2*delay, lockPollMax)
+		return nil
+	case <-ctx.Done():
+		// Whoever gets the lock after we gave up must hand it back.
+		go func() {
+			if err := <-done; err == nil {
+				unix.Flock(fd, unix.LOCK_UN)
+			}
+			unix.Close(fd)
+		}()
+		return fmt.Errorf("lock %s: %w: %w", d.lockPath, ErrLockTimeout, context.Cause(ctx))
 	}
 }
 
