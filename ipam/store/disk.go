@@ -34,7 +34,6 @@ const (
 	filePerm = 0o600
 )
 
-
 // maxNameLen is NAME_MAX on Linux filesystems.
 const maxNameLen = 255
 
