@@ -18,8 +18,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 
 	"github.com/plumbnet/plumb/internal/netns"
@@ -263,42 +261,6 @@ func setLo(t testing.TB, n *netns.NS, up bool) {
 	}
 }
 
-// removableNS is a named netns the test deletes itself; cleanup removes it
-// if the test did not.
-type removableNS struct {
-	t    testing.TB
-	made ns.NetNS
-	gone bool
-}
-
-func newRemovableNS(t testing.TB) *removableNS {
-	t.Helper()
-	made, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	r := &removableNS{t: t, made: made}
-	t.Cleanup(func() {
-		if !r.gone {
-			r.remove()
-		}
-	})
-	return r
-}
-
-func (r *removableNS) Path() string { return r.made.Path() }
-
-// remove unmounts and deletes the namespace file.
-func (r *removableNS) remove() {
-	r.t.Helper()
-	r.gone = true
-	r.made.Close()
-	if err := testutils.UnmountNS(r.made); err != nil {
-		r.t.Errorf("remove netns %s: %v", r.Path(), err)
-	}
-}
-
-// storeDir is host-local's directory for testNet under dataDir.
 func storeDir(dataDir string) string { return filepath.Join(dataDir, testNet) }
 
 // reservationFiles reads every reservation file of testNet: address -> content.

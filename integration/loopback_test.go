@@ -112,13 +112,13 @@ func TestLoopbackDelAfterNetnsGone(t *testing.T) {
 	for _, v := range allSpecVersions {
 		t.Run(v, func(t *testing.T) {
 			e := NewEnv(t)
-			n := newRemovableNS(t)
+			n := testns.NewRemovable(t)
 			list := e.ConfList(loopbackList(t, v))
 			rt := &libcni.RuntimeConf{ContainerID: "ctr-gone", NetNS: n.Path(), IfName: "lo"}
 			if _, err := e.CNI.AddNetworkList(e.Ctx(), list, rt); err != nil {
 				t.Fatalf("ADD: %v", err)
 			}
-			n.remove()
+			n.Remove()
 			if _, err := os.Stat(rt.NetNS); !os.IsNotExist(err) {
 				t.Fatalf("netns %s still exists (stat: %v)", rt.NetNS, err)
 			}

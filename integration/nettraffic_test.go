@@ -6,13 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/containernetworking/plugins/pkg/testutils"
-	"golang.org/x/sys/unix"
 
 	"github.com/plumbnet/plumb/internal/netns"
 )
@@ -99,37 +95,4 @@ func linkIn(t *testing.T, n *netns.NS, name string) bool {
 	defer h.Close()
 	_, err = h.LinkByName(name)
 	return err == nil
-}
-
-// tempNS makes a namespace the test removes itself (to test DEL after the
-// container is gone); cleanup removes it if the test did not.
-func tempNS(t *testing.T) (*netns.NS, string) {
-	t.Helper()
-	made, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := made.Path()
-	t.Cleanup(func() {
-		if _, err := os.Stat(path); err == nil {
-			testutils.UnmountNS(made)
-		}
-		made.Close()
-	})
-	n, err := netns.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n, path
-}
-
-func removeNS(t *testing.T, n *netns.NS, path string) {
-	t.Helper()
-	n.Close()
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/plumbnet/plumb/internal/netns"
 )
@@ -105,4 +106,48 @@ func NewNS(t testing.TB) *netns.NS {
 	}
 	t.Cleanup(func() { n.Close() })
 	return n
+}
+
+// Removable is a container namespace the test deletes itself, to exercise
+// DEL after the container is gone; cleanup deletes it if the test did not.
+type Removable struct {
+	*netns.NS
+	t    testing.TB
+	path string
+	gone bool
+}
+
+// NewRemovable creates a named network namespace the test can Remove.
+func NewRemovable(t testing.TB) *Removable {
+	t.Helper()
+	RequireRoot(t)
+	made, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	made.Close() // the bind mount keeps it; NS below is the handle we use
+	n, err := netns.Open(made.Path())
+	if err != nil {
+		t.Fatalf("open netns: %v", err)
+	}
+	r := &Removable{NS: n, t: t, path: made.Path()}
+	t.Cleanup(func() {
+		if !r.gone {
+			r.Remove()
+		}
+	})
+	return r
+}
+
+// Remove closes the handle, unmounts the namespace and deletes its file.
+func (r *Removable) Remove() {
+	r.t.Helper()
+	r.gone = true
+	r.NS.Close()
+	if err := unix.Unmount(r.path, unix.MNT_DETACH); err != nil {
+		r.t.Errorf("unmount netns %s: %v", r.path, err)
+	}
+	if err := os.Remove(r.path); err != nil {
+		r.t.Errorf("remove netns %s: %v", r.path, err)
+	}
 }
