@@ -1,0 +1,333 @@
+package fw
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// nftReader asks nf_tables single questions over its own netlink socket:
+// one element of a map by key, whether one chain exists, the elements of
+// one map. github.com/google/nftables has no single-element lookup and
+// formats away the errno of its reads (so "absent" cannot be told from
+// "failed"); these few requests keep the hot path O(1) and the errors exact.
+type nftReader struct {
+	c *netlink.Conn
+}
+
+func dialNFTReader() (*nftReader, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, noNFTables(fmt.Errorf("open nf_tables netlink socket: %w", err))
+	}
+	return &nftReader{c: c}, nil
+}
+
+func (r *nftReader) Close() error { return r.c.Close() }
+
+// vmapElem is one element of a verdict map: its key and the chain it jumps
+// or goes to ("" for other verdicts).
+type vmapElem struct {
+	key   []byte
+	chain string
+}
+
+// request sends one nf_tables message for the inet family and returns the
+// replies; a kernel error comes back as a *netlink.OpError wrapping its errno.
+func (r *nftReader) request(msgType uint16, dump bool, attrs []netlink.Attribute) ([]netlink.Message, error) {
+	data, err := netlink.MarshalAttributes(attrs)
+	if err != nil {
+		return nil, err
+	}
+	flags := netlink.Request
+	if dump {
+		flags |= netlink.Dump
+	}
+	msg := netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType), Flags: flags},
+		// struct nfgenmsg: family, version, resource id (big endian).
+		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, data...),
+	}
+	return r.c.Execute(msg)
+}
+
+// tableExists reports whether table exists in the inet family.
+func (r *nftReader) tableExists(table string) (bool, error) {
+	_, err := r.request(unix.NFT_MSG_GETTABLE, false, []netlink.Attribute{
+		{Type: unix.NFTA_TABLE_NAME, Data: cstr(table)},
+	})
+	return found(err)
+}
+
+// chainExists reports whether chain exists in table.
+func (r *nftReader) chainExists(table, chain string) (bool, error) {
+	_, err := r.request(unix.NFT_MSG_GETCHAIN, false, []netlink.Attribute{
+		{Type: unix.NFTA_CHAIN_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_CHAIN_NAME, Data: cstr(chain)},
+	})
+	return found(err)
+}
+
+// element looks up key in the verdict map set; ok is false when the table,
+// the map or the element is absent.
+func (r *nftReader) element(table, set string, key []byte) (e vmapElem, ok bool, err error) {
+	keyAttr, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: key}})
+	if err != nil {
+		return vmapElem{}, false, err
+	}
+	elem, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_KEY, Data: keyAttr},
+	})
+	if err != nil {
+		return vmapElem{}, false, err
+	}
+	list, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: elem}})
+	if err != nil {
+		return vmapElem{}, false, err
+	}
+	msgs, err := r.request(unix.NFT_MSG_GETSETELEM, false, []netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(set)},
+		{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: list},
+	})
+	if ok, err := found(err); !ok || err != nil {
+		return vmapElem{}, false, err
+	}
+	elems, err := decodeElems(msgs)
+	if err != nil {
+		return vmapElem{}, false, err
+	}
+	if len(elems) != 1 {
+		return vmapElem{}, false, fmt.Errorf("get element of %s: got %d elements, want 1", set, len(elems))
+	}
+	return elems[0], true, nil
+}
+
+// elements dumps the verdict map set; an absent table or map has none.
+func (r *nftReader) elements(table, set string) ([]vmapElem, error) {
+	msgs, err := r.request(unix.NFT_MSG_GETSETELEM, true, []netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(set)},
+	})
+	if ok, err := found(err); !ok || err != nil {
+		return nil, err
+	}
+	return decodeElems(msgs)
+}
+
+// found turns ENOENT into (false, nil).
+func found(err error) (bool, error) {
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.ENOENT):
+		return false, nil
+	}
+	return false, noNFTables(err)
+}
+
+// decodeElems reads NFT_MSG_NEWSETELEM messages:
+// LIST_ELEMENTS { LIST_ELEM { ELEM_KEY { DATA_VALUE }, ELEM_DATA { DATA_VERDICT { CODE, CHAIN } } } }.
+func decodeElems(msgs []netlink.Message) ([]vmapElem, error) {
+	var out []vmapElem
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := newDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		for ad.Next() {
+			if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				continue
+			}
+			ad.Nested(func(list *netlink.AttributeDecoder) error {
+				for list.Next() {
+					if list.Type() != unix.NFTA_LIST_ELEM {
+						continue
+					}
+					var e vmapElem
+					list.Nested(func(el *netlink.AttributeDecoder) error {
+						for el.Next() {
+							switch el.Type() {
+							case unix.NFTA_SET_ELEM_KEY:
+								el.Nested(func(d *netlink.AttributeDecoder) error {
+									for d.Next() {
+										if d.Type() == unix.NFTA_DATA_VALUE {
+											e.key = d.Bytes()
+										}
+									}
+									return nil
+								})
+							case unix.NFTA_SET_ELEM_DATA:
+								el.Nested(func(d *netlink.AttributeDecoder) error {
+									for d.Next() {
+										if d.Type() == unix.NFTA_DATA_VERDICT {
+											d.Nested(func(v *netlink.AttributeDecoder) error {
+												for v.Next() {
+													if v.Type() == unix.NFTA_VERDICT_CHAIN {
+														e.chain = v.String()
+													}
+												}
+												return nil
+											})
+										}
+									}
+									return nil
+								})
+							}
+						}
+						return nil
+					})
+					out = append(out, e)
+				}
+				return nil
+			})
+		}
+		if err := ad.Err(); err != nil {
+			return nil, fmt.Errorf("decode map elements: %w", err)
+		}
+	}
+	return out, nil
+}
+
+func newDecoder(b []byte) (*netlink.AttributeDecoder, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return nil, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	return ad, nil
+}
+
+func cstr(s string) []byte { return append([]byte(s), 0) }
+
+// noNFTables marks errors that mean the kernel has no nf_tables: the
+// netfilter netlink family or its nf_tables subsystem is missing.
+func noNFTables(err error) error {
+	if err == nil || errors.Is(err, ErrNoNFTables) {
+		return err
+	}
+	for _, e := range []error{unix.EPROTONOSUPPORT, unix.EAFNOSUPPORT, unix.EOPNOTSUPP} {
+		if errors.Is(err, e) {
+			return fmt.Errorf("%w: %w", ErrNoNFTables, err)
+		}
+	}
+	return err
+}
+
+// sources returns the source addresses the rules of chain match on (the
+// value compared right after a load of the IPv4 or IPv6 source address);
+// an absent chain has none. AddMasq reads its owner chain with it to find
+// the addresses an earlier ADD pointed at the owner.
+func (r *nftReader) sources(table, chain string) ([][]byte, error) {
+	msgs, err := r.request(unix.NFT_MSG_GETRULE, true, []netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_RULE_CHAIN, Data: cstr(chain)},
+	})
+	if ok, err := found(err); !ok || err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := newDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		for ad.Next() {
+			if ad.Type() != unix.NFTA_RULE_EXPRESSIONS {
+				continue
+			}
+			ad.Nested(func(list *netlink.AttributeDecoder) error {
+				afterSaddr := false
+				for list.Next() {
+					if list.Type() != unix.NFTA_LIST_ELEM {
+						continue
+					}
+					list.Nested(func(e *netlink.AttributeDecoder) error {
+						var name string
+						var data []byte
+						for e.Next() {
+							switch e.Type() {
+							case unix.NFTA_EXPR_NAME:
+								name = e.String()
+							case unix.NFTA_EXPR_DATA:
+								data = e.Bytes()
+							}
+						}
+						switch name {
+						case "payload":
+							afterSaddr = isSaddrLoad(data)
+						case "cmp":
+							if afterSaddr {
+								if v := cmpValue(data); v != nil {
+									out = append(out, v)
+								}
+							}
+							afterSaddr = false
+						default:
+							afterSaddr = false
+						}
+						return nil
+					})
+				}
+				return nil
+			})
+		}
+		if err := ad.Err(); err != nil {
+			return nil, fmt.Errorf("decode rules of %s: %w", chain, err)
+		}
+	}
+	return out, nil
+}
+
+// isSaddrLoad reports whether payload expression data loads the IPv4 or
+// IPv6 source address.
+func isSaddrLoad(data []byte) bool {
+	ad, err := newDecoder(data)
+	if err != nil {
+		return false
+	}
+	var base, off, n uint32
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_PAYLOAD_BASE:
+			base = ad.Uint32()
+		case unix.NFTA_PAYLOAD_OFFSET:
+			off = ad.Uint32()
+		case unix.NFTA_PAYLOAD_LEN:
+			n = ad.Uint32()
+		}
+	}
+	return base == unix.NFT_PAYLOAD_NETWORK_HEADER &&
+		(off == ipv4SaddrOffset && n == 4 || off == ipv6SaddrOffset && n == 16)
+}
+
+// cmpValue is the value a cmp expression compares with.
+func cmpValue(data []byte) []byte {
+	ad, err := newDecoder(data)
+	if err != nil {
+		return nil
+	}
+	var v []byte
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_CMP_DATA {
+			ad.Nested(func(d *netlink.AttributeDecoder) error {
+				for d.Next() {
+					if d.Type() == unix.NFTA_DATA_VALUE {
+						v = d.Bytes()
+					}
+				}
+				return nil
+			})
+		}
+	}
+	return v
+}
