@@ -25,6 +25,7 @@ var binDir string
 var pluginPkgs = map[string]string{
 	"loopback":   "./plugins/loopback",
 	"host-local": "./ipam/host-local",
+	"bridge":     "./plugins/bridge",
 }
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }

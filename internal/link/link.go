@@ -1,0 +1,197 @@
+// Package link holds the netlink operations plumb's interface plugins share:
+// bridges, veth pairs, addresses and routes, each through a netlink handle
+// bound to one namespace (so no thread ever switches namespace to use them).
+package link
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/plumbnet/plumb/internal/netns"
+)
+
+// NS is netlink access to one network namespace.
+type NS struct {
+	H    *netlink.Handle
+	Name string // for messages: "host" or the namespace path
+}
+
+// Open gives netlink access to n.
+func Open(n *netns.NS, name string) (*NS, error) {
+	h, err := n.Netlink()
+	if err != nil {
+		return nil, err
+	}
+	return &NS{H: h, Name: name}, nil
+}
+
+// Close releases the handle's sockets.
+func (n *NS) Close() { n.H.Close() }
+
+// IsNotFound reports a link that does not exist.
+func IsNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// Get finds a link by name; (nil, nil) when absent.
+func (n *NS) Get(name string) (netlink.Link, error) {
+	l, err := n.H.LinkByName(name)
+	if IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find link %s in %s: %w", name, n.Name, err)
+	}
+	return l, nil
+}
+
+// BridgeSpec describes the bridge a network wants.
+type BridgeSpec struct {
+	Name          string
+	MTU           int
+	VlanFiltering bool
+	Promisc       bool
+}
+
+// EnsureBridge returns the bridge, creating it (up, MTU) when missing.
+// Concurrent callers racing to create it both succeed.
+func (n *NS) EnsureBridge(s BridgeSpec) (*netlink.Bridge, bool, error) {
+	l, err := n.Get(s.Name)
+	if err != nil {
+		return nil, false, err
+	}
+	created := false
+	if l == nil {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = s.Name
+		attrs.MTU = s.MTU
+		attrs.TxQLen = -1 // keep the kernel's default
+		br := &netlink.Bridge{LinkAttrs: attrs}
+		if s.VlanFiltering {
+			br.VlanFiltering = &s.VlanFiltering
+		}
+		err := n.H.LinkAdd(br)
+		if s.VlanFiltering && errors.Is(err, unix.EOPNOTSUPP) {
+			return nil, false, fmt.Errorf("create bridge %s with vlan filtering: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING): %w", s.Name, err)
+		}
+		if err != nil && !errors.Is(err, syscall.EEXIST) {
+			return nil, false, fmt.Errorf("create bridge %s in %s: %w", s.Name, n.Name, err)
+		}
+		created = err == nil
+		if l, err = n.H.LinkByName(s.Name); err != nil {
+			return nil, false, fmt.Errorf("find bridge %s in %s: %w", s.Name, n.Name, err)
+		}
+	}
+	br, ok := l.(*netlink.Bridge)
+	if !ok {
+		return nil, false, fmt.Errorf("%s in %s is a %s, not a bridge", s.Name, n.Name, l.Type())
+	}
+	if s.VlanFiltering && (br.VlanFiltering == nil || !*br.VlanFiltering) {
+		if err := n.H.BridgeSetVlanFiltering(br, true); err != nil {
+			return nil, created, fmt.Errorf("enable vlan filtering on bridge %s: %w", s.Name, err)
+		}
+	}
+	if s.Promisc && br.Promisc == 0 {
+		if err := n.H.SetPromiscOn(br); err != nil {
+			return nil, created, fmt.Errorf("set bridge %s promiscuous: %w", s.Name, err)
+		}
+	}
+	if br.Flags&net.FlagUp == 0 {
+		if err := n.H.LinkSetUp(br); err != nil {
+			return nil, created, fmt.Errorf("set bridge %s up: %w", s.Name, err)
+		}
+	}
+	return br, created, nil
+}
+
+// VethSpec describes a veth pair whose peer is created directly inside the
+// container namespace under its final name: no move, no rename.
+type VethSpec struct {
+	HostName    string
+	Alias       string // owner tag on the host end, found again by GC
+	MasterIndex int    // bridge to attach the host end to
+	MTU         int
+	PeerName    string
+	PeerNS      *netns.NS
+	PeerMAC     net.HardwareAddr // nil: kernel-chosen
+}
+
+// AddVeth creates the pair and returns the host end, up.
+func (n *NS) AddVeth(s VethSpec) (netlink.Link, error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = s.HostName
+	attrs.MTU = s.MTU
+	attrs.MasterIndex = s.MasterIndex
+	attrs.Flags = net.FlagUp
+	veth := &netlink.Veth{
+		LinkAttrs:        attrs,
+		PeerName:         s.PeerName,
+		PeerNamespace:    netlink.NsFd(s.PeerNS.Fd()),
+		PeerHardwareAddr: s.PeerMAC,
+		PeerMTU:          uint32(max(s.MTU, 0)),
+	}
+	if err := n.H.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("create veth %s (peer %s in %s): %w", s.HostName, s.PeerName, s.PeerNS.Path(), err)
+	}
+	host, err := n.H.LinkByName(s.HostName)
+	if err != nil {
+		return nil, fmt.Errorf("find new veth %s: %w", s.HostName, err)
+	}
+	if s.Alias != "" {
+		if err := n.H.LinkSetAlias(host, s.Alias); err != nil {
+			return host, fmt.Errorf("tag veth %s: %w", s.HostName, err)
+		}
+	}
+	return host, nil
+}
+
+// Delete removes a link by name; absent is success.
+func (n *NS) Delete(name string) error {
+	l, err := n.Get(name)
+	if err != nil || l == nil {
+		return err
+	}
+	if err := n.H.LinkDel(l); err != nil && !IsNotFound(err) {
+		return fmt.Errorf("delete link %s in %s: %w", name, n.Name, err)
+	}
+	return nil
+}
+
+// EnsureAddr puts addr on l unless present. Another address of the same
+// family in the same subnet is an error unless force, when it is replaced.
+func (n *NS) EnsureAddr(l netlink.Link, addr net.IPNet, force bool) error {
+	family := netlink.FAMILY_V4
+	if addr.IP.To4() == nil {
+		family = netlink.FAMILY_V6
+	}
+	have, err := n.H.AddrList(l, family)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+	}
+	for _, a := range have {
+		if a.IPNet.IP.Equal(addr.IP) && a.IPNet.Mask.String() == addr.Mask.String() {
+			return nil
+		}
+		if family == netlink.FAMILY_V6 && a.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if a.IPNet.Contains(addr.IP) || addr.Contains(a.IP) {
+			if !force {
+				return fmt.Errorf("%s already has %s in the subnet of %s (set forceAddress to replace it)", l.Attrs().Name, a.IPNet, addr.String())
+			}
+			if err := n.H.AddrDel(l, &a); err != nil {
+				return fmt.Errorf("remove %s from %s: %w", a.IPNet, l.Attrs().Name, err)
+			}
+		}
+	}
+	if err := n.H.AddrAdd(l, &netlink.Addr{IPNet: &addr}); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return fmt.Errorf("add %s to %s: %w", addr.String(), l.Attrs().Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,377 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/plumbnet/plumb/internal/cniplugin"
+	"github.com/plumbnet/plumb/internal/fw"
+	"github.com/plumbnet/plumb/internal/link"
+	"github.com/plumbnet/plumb/internal/netns"
+)
+
+// Plugin implements the bridge CNI plugin.
+type Plugin struct {
+	IPAM IPAM
+	// Masq gives the masquerade backend by name ("" is the default, nftables).
+	Masq func(backend string) (fw.Masquerader, error)
+}
+
+// aliasPrefix tags every host veth plumb creates with its owner, so GC can
+// find veths of attachments the runtime forgot.
+const aliasPrefix = "plumb/"
+
+// hostVethName is stable per attachment so DEL finds the veth without the
+// container namespace and a retried ADD replaces its own leftover.
+func hostVethName(containerID, ifname string) string {
+	sum := sha256.Sum256([]byte(containerID + "\x00" + ifname))
+	return "veth" + hex.EncodeToString(sum[:])[:11]
+}
+
+func vethAlias(network, containerID, ifname string) string {
+	return aliasPrefix + network + "/" + containerID + "/" + ifname
+}
+
+// undo collects the reverse of each ADD step, run newest first on failure.
+type undo []func()
+
+func (u *undo) push(f func()) { *u = append(*u, f) }
+func (u undo) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+// Add connects the container to the bridge, all or nothing.
+func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
+	c, err := parseConfig(args.StdinData, args.Args)
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	cns, err := netns.Open(args.Netns)
+	if err != nil {
+		return nil, cniplugin.WithCode(cniplugin.CodeInvalidNetNS, err)
+	}
+	defer cns.Close()
+	cont, err := link.Open(cns, args.Netns)
+	if err != nil {
+		return nil, err
+	}
+	defer cont.Close()
+	if l, err := cont.Get(args.IfName); err != nil {
+		return nil, err
+	} else if l != nil {
+		return nil, cniplugin.Errorf(cniplugin.CodeInvalidEnv, "interface %s already exists in %s", args.IfName, args.Netns)
+	}
+	hns, err := netns.Current()
+	if err != nil {
+		return nil, err
+	}
+	defer hns.Close()
+	host, err := link.Open(hns, "host")
+	if err != nil {
+		return nil, err
+	}
+	defer host.Close()
+
+	var u undo
+	ok := false
+	defer func() {
+		if !ok {
+			u.run()
+		}
+	}()
+
+	br, _, err := host.EnsureBridge(link.BridgeSpec{
+		Name: c.Bridge, MTU: c.MTU, Promisc: c.PromiscMode,
+		VlanFiltering: c.Vlan != 0 || len(c.Vlans) > 0,
+	})
+	if err != nil {
+		return nil, err
+	}
+	vethName := hostVethName(args.ContainerID, args.IfName)
+	if err := host.Delete(vethName); err != nil { // a crashed earlier ADD of this attachment
+		return nil, err
+	}
+	veth, err := host.AddVeth(link.VethSpec{
+		HostName: vethName, Alias: vethAlias(c.Name, args.ContainerID, args.IfName),
+		MasterIndex: br.Index, MTU: c.MTU,
+		PeerName: args.IfName, PeerNS: cns, PeerMAC: c.MAC,
+	})
+	if veth != nil {
+		u.push(func() { host.Delete(vethName) })
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := p.setupPort(host, veth, c); err != nil {
+		return nil, err
+	}
+
+	r, err := p.IPAM.Add(ctx, c.IPAM.Type, args.StdinData)
+	if err != nil {
+		return nil, fmt.Errorf("IPAM %s ADD: %w", c.IPAM.Type, err)
+	}
+	u.push(func() { p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData) })
+	ipamRes, err := current.NewResultFromResult(r)
+	if err != nil {
+		return nil, fmt.Errorf("convert IPAM %s result: %w", c.IPAM.Type, err)
+	}
+	if len(ipamRes.IPs) == 0 {
+		return nil, fmt.Errorf("IPAM %s returned no address", c.IPAM.Type)
+	}
+
+	res := buildResult(c, args, br, veth, ipamRes)
+	contLink, err := cont.Get(args.IfName)
+	if err != nil || contLink == nil {
+		return nil, fmt.Errorf("find %s in %s after creating it: %w", args.IfName, args.Netns, err)
+	}
+	res.Interfaces[2].Mac = contLink.Attrs().HardwareAddr.String()
+	if err := configureContainer(cns, cont, contLink, c, res); err != nil {
+		return nil, err
+	}
+	if c.IsGateway {
+		if err := setupGateway(host, br, c, res); err != nil {
+			return nil, err
+		}
+	}
+	if c.IPMasq {
+		m, err := p.Masq(c.IPMasqBackend)
+		if err != nil {
+			return nil, fmt.Errorf("masquerade backend %q: %w", c.IPMasqBackend, err)
+		}
+		rule := fw.MasqRule{Owner: owner(c, args)}
+		for _, ipc := range res.IPs {
+			rule.Addrs = append(rule.Addrs, net.IPNet{IP: ipc.Address.IP, Mask: ipc.Address.Mask})
+		}
+		if err := m.AddMasq(ctx, rule); err != nil {
+			return nil, fmt.Errorf("masquerade %s: %w", args.ContainerID, err)
+		}
+	}
+	ok = true
+	return res, nil
+}
+
+func owner(c *Config, args *skel.CmdArgs) fw.Owner {
+	return fw.Owner{Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName}
+}
+
+// setupPort applies the bridge-port options to the host veth.
+func (p *Plugin) setupPort(host *link.NS, veth netlink.Link, c *Config) error {
+	name := veth.Attrs().Name
+	if c.HairpinMode {
+		if err := host.H.LinkSetHairpin(veth, true); err != nil {
+			return fmt.Errorf("set hairpin on %s: %w", name, err)
+		}
+	}
+	if c.PortIsolation {
+		if err := host.H.LinkSetIsolated(veth, true); err != nil {
+			return fmt.Errorf("isolate port %s: %w", name, err)
+		}
+	}
+	if (c.Vlan != 0 || len(c.Vlans) > 0) && !c.PreserveDefaultVlan {
+		if err := host.H.BridgeVlanDel(veth, 1, true, true, false, true); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("remove default vlan from %s: %w", name, err)
+		}
+	}
+	if c.Vlan != 0 {
+		if err := host.H.BridgeVlanAdd(veth, uint16(c.Vlan), true, true, false, true); err != nil {
+			return fmt.Errorf("tag %s with vlan %d: %w", name, c.Vlan, err)
+		}
+	}
+	for _, v := range c.Vlans {
+		if err := host.H.BridgeVlanAdd(veth, uint16(v), false, false, false, true); err != nil {
+			return fmt.Errorf("trunk vlan %d on %s: %w", v, name, err)
+		}
+	}
+	if c.Vlan == 0 && len(c.Vlans) > 0 {
+		if err := host.H.BridgeVlanAdd(veth, 1, true, true, false, true); err != nil {
+			return fmt.Errorf("native vlan 1 on %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// buildResult lists bridge, host veth and container interface (in that
+// order, which runtimes rely on) and indexes the IPs to the container's.
+func buildResult(c *Config, args *skel.CmdArgs, br *netlink.Bridge, veth netlink.Link, ipam *current.Result) *current.Result {
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: br.Name, Mac: br.HardwareAddr.String()},
+			{Name: veth.Attrs().Name, Mac: veth.Attrs().HardwareAddr.String()},
+			{Name: args.IfName, Sandbox: args.Netns},
+		},
+		Routes: ipam.Routes,
+		DNS:    ipam.DNS,
+	}
+	if !c.DNS.IsEmpty() {
+		res.DNS = c.DNS
+	}
+	for _, ipc := range ipam.IPs {
+		ipc := *ipc
+		ipc.Interface = current.Int(2)
+		if ipc.Gateway == nil && c.IsGateway {
+			ipc.Gateway = firstHost(ipc.Address)
+		}
+		res.IPs = append(res.IPs, &ipc)
+	}
+	if c.IsDefaultGateway {
+		for _, ipc := range res.IPs {
+			dst := net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+			if ipc.Address.IP.To4() == nil {
+				dst = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+			}
+			if !hasRoute(res.Routes, dst) {
+				res.Routes = append(res.Routes, &types.Route{Dst: dst, GW: ipc.Gateway})
+			}
+		}
+	}
+	return res
+}
+
+func hasRoute(routes []*types.Route, dst net.IPNet) bool {
+	for _, r := range routes {
+		if r.Dst.String() == dst.String() {
+			return true
+		}
+	}
+	return false
+}
+
+// firstHost is the subnet's first address, the conventional gateway.
+func firstHost(a net.IPNet) net.IP {
+	ip := a.IP.Mask(a.Mask)
+	out := make(net.IP, len(ip))
+	copy(out, ip)
+	for i := len(out) - 1; i >= 0; i-- {
+		out[i]++
+		if out[i] != 0 {
+			break
+		}
+	}
+	return out
+}
+
+// configureContainer addresses, raises and routes the container interface
+// through a handle bound to its namespace; sysctls need one namespace entry.
+func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config, res *current.Result) error {
+	name := l.Attrs().Name
+	hasV6 := false
+	for _, ipc := range res.IPs {
+		if ipc.Address.IP.To4() == nil {
+			hasV6 = true
+		}
+	}
+	if err := cns.Do(func() error {
+		// arp_notify makes the kernel announce the address (gratuitous ARP)
+		// when the link comes up, so peers learn the new MAC at once.
+		writeSysctl("net/ipv4/conf/"+name+"/arp_notify", "1")
+		if hasV6 {
+			dad := "0"
+			if c.EnableDad {
+				dad = "1"
+			}
+			writeSysctl("net/ipv6/conf/"+name+"/accept_dad", dad)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("set sysctls of %s in %s: %w", name, cns.Path(), err)
+	}
+	for _, ipc := range res.IPs {
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: ipc.Address.IP, Mask: ipc.Address.Mask}}
+		if ipc.Address.IP.To4() == nil && !c.EnableDad {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := cont.H.AddrAdd(l, a); err != nil {
+			return fmt.Errorf("add %s to %s in %s: %w", ipc.Address.String(), name, cns.Path(), err)
+		}
+	}
+	if c.DisableContainerInterface {
+		return nil
+	}
+	if err := cont.H.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up in %s: %w", name, cns.Path(), err)
+	}
+	for _, r := range res.Routes {
+		gw := r.GW
+		if gw == nil {
+			gw = gatewayFor(res, r.Dst.IP)
+		}
+		route := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: &net.IPNet{IP: r.Dst.IP, Mask: r.Dst.Mask}, Gw: gw, MTU: r.MTU, AdvMSS: r.AdvMSS, Priority: r.Priority}
+		if r.Table != nil {
+			route.Table = *r.Table
+		}
+		if r.Scope != nil {
+			route.Scope = netlink.Scope(*r.Scope)
+		}
+		if err := cont.H.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add route %s via %v on %s in %s: %w", r.Dst.String(), gw, name, cns.Path(), err)
+		}
+	}
+	return nil
+}
+
+// gatewayFor picks the gateway of the same family as dst.
+func gatewayFor(res *current.Result, dst net.IP) net.IP {
+	v4 := dst.To4() != nil
+	for _, ipc := range res.IPs {
+		if (ipc.Address.IP.To4() != nil) == v4 && ipc.Gateway != nil {
+			return ipc.Gateway
+		}
+	}
+	return nil
+}
+
+// setupGateway puts each family's gateway on the bridge and turns on
+// forwarding in the host namespace.
+func setupGateway(host *link.NS, br *netlink.Bridge, c *Config, res *current.Result) error {
+	for _, ipc := range res.IPs {
+		if ipc.Gateway == nil {
+			continue
+		}
+		gw := net.IPNet{IP: ipc.Gateway, Mask: ipc.Address.Mask}
+		if err := host.EnsureAddr(br, gw, c.ForceAddress); err != nil {
+			return fmt.Errorf("gateway on bridge %s: %w", c.Bridge, err)
+		}
+		key := "net/ipv4/ip_forward"
+		if ipc.Gateway.To4() == nil {
+			key = "net/ipv6/conf/all/forwarding"
+		}
+		if err := ensureSysctl(key, "1"); err != nil {
+			return fmt.Errorf("enable forwarding: %w", err)
+		}
+	}
+	return nil
+}
+
+// writeSysctl is best effort: a missing key (IPv6 disabled) is not fatal.
+func writeSysctl(key, value string) {
+	_ = os.WriteFile("/proc/sys/"+key, []byte(value), 0o644)
+}
+
+// ensureSysctl writes only when the value differs.
+func ensureSysctl(key, value string) error {
+	path := "/proc/sys/" + key
+	cur, err := os.ReadFile(path)
+	if err == nil && strings.TrimSpace(string(cur)) == value {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

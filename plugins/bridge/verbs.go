@@ -1,0 +1,284 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+
+	"github.com/plumbnet/plumb/internal/cniplugin"
+	"github.com/plumbnet/plumb/internal/fw"
+	"github.com/plumbnet/plumb/internal/link"
+	"github.com/plumbnet/plumb/internal/netns"
+)
+
+// masqBackends are tried on teardown: a backend switch between ADD and DEL
+// must still clean up.
+var masqBackends = []string{"nftables", "iptables"}
+
+func hostNS() (*link.NS, error) {
+	hns, err := netns.Current()
+	if err != nil {
+		return nil, err
+	}
+	defer hns.Close()
+	return link.Open(hns, "host")
+}
+
+// Del removes the host veth (and with it the container end), the
+// masquerade, and last the IP reservation. It keeps going past failures and
+// treats anything already gone as done.
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	c, err := parseConfig(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	var errs []error
+	host, err := hostNS()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	if err := host.Delete(hostVethName(args.ContainerID, args.IfName)); err != nil {
+		errs = append(errs, err)
+	}
+	if c.IPMasq {
+		var addrs []net.IP
+		if prev, err := cniplugin.PrevResult(&c.PluginConf); err == nil && prev != nil {
+			for _, ipc := range prev.IPs {
+				addrs = append(addrs, ipc.Address.IP)
+			}
+		}
+		for _, b := range p.teardownBackends(c) {
+			m, err := p.Masq(b)
+			if err != nil {
+				if b == backendOf(c) {
+					errs = append(errs, fmt.Errorf("masquerade backend %s: %w", b, err))
+				}
+				continue
+			}
+			if err := m.DelMasq(ctx, owner(c, args), addrs); err != nil {
+				errs = append(errs, fmt.Errorf("remove masquerade (%s) of %s: %w", b, args.ContainerID, err))
+			}
+		}
+	}
+	if err := p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData); err != nil {
+		errs = append(errs, fmt.Errorf("IPAM %s DEL: %w", c.IPAM.Type, err))
+	}
+	return errors.Join(errs...)
+}
+
+func backendOf(c *Config) string {
+	if c.IPMasqBackend == "" {
+		return "nftables"
+	}
+	return c.IPMasqBackend
+}
+
+// teardownBackends is the configured backend first, then the other one.
+func (p *Plugin) teardownBackends(c *Config) []string {
+	out := []string{backendOf(c)}
+	for _, b := range masqBackends {
+		if b != out[0] {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// Check compares the container interface, its addresses and routes, bridge
+// membership and masquerade with prevResult and the config.
+func (p *Plugin) Check(args *skel.CmdArgs) error {
+	c, err := parseConfig(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	prev, err := cniplugin.PrevResult(&c.PluginConf)
+	if err != nil {
+		return err
+	}
+	if prev == nil {
+		return cniplugin.InvalidConfig("CHECK needs a prevResult")
+	}
+	if err := p.IPAM.Check(ctx, c.IPAM.Type, args.StdinData); err != nil {
+		return fmt.Errorf("IPAM %s CHECK: %w", c.IPAM.Type, err)
+	}
+	host, err := hostNS()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	br, err := host.Get(c.Bridge)
+	if err != nil {
+		return err
+	}
+	if br == nil {
+		return fmt.Errorf("bridge %s is missing", c.Bridge)
+	}
+	vethName := hostVethName(args.ContainerID, args.IfName)
+	veth, err := host.Get(vethName)
+	if err != nil {
+		return err
+	}
+	if veth == nil {
+		return fmt.Errorf("host veth %s of %s/%s is missing", vethName, args.ContainerID, args.IfName)
+	}
+	if veth.Attrs().MasterIndex != br.Attrs().Index {
+		return fmt.Errorf("host veth %s is not attached to bridge %s", vethName, c.Bridge)
+	}
+	if err := checkContainer(args, prev); err != nil {
+		return err
+	}
+	if c.IPMasq {
+		m, err := p.Masq(c.IPMasqBackend)
+		if err != nil {
+			return fmt.Errorf("masquerade backend %q: %w", c.IPMasqBackend, err)
+		}
+		rule := fw.MasqRule{Owner: owner(c, args)}
+		for _, ipc := range prev.IPs {
+			rule.Addrs = append(rule.Addrs, ipc.Address)
+		}
+		if err := m.CheckMasq(ctx, rule); err != nil {
+			return fmt.Errorf("masquerade of %s: %w", args.ContainerID, err)
+		}
+	}
+	return nil
+}
+
+func checkContainer(args *skel.CmdArgs, prev *current.Result) error {
+	cns, err := netns.Open(args.Netns)
+	if err != nil {
+		return cniplugin.WithCode(cniplugin.CodeInvalidNetNS, err)
+	}
+	defer cns.Close()
+	cont, err := link.Open(cns, args.Netns)
+	if err != nil {
+		return err
+	}
+	defer cont.Close()
+	l, err := cont.Get(args.IfName)
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		return fmt.Errorf("interface %s is missing in %s", args.IfName, args.Netns)
+	}
+	addrs, err := cont.H.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return fmt.Errorf("list addresses of %s in %s: %w", args.IfName, args.Netns, err)
+	}
+	for _, ipc := range prev.IPs {
+		if ipc.Interface != nil && (*ipc.Interface < 0 || *ipc.Interface >= len(prev.Interfaces) || prev.Interfaces[*ipc.Interface].Name != args.IfName) {
+			continue
+		}
+		found := false
+		for _, a := range addrs {
+			if a.IPNet.String() == ipc.Address.String() {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("address %s is missing on %s in %s", ipc.Address.String(), args.IfName, args.Netns)
+		}
+	}
+	routes, err := cont.H.RouteList(l, netlink.FAMILY_ALL)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return fmt.Errorf("list routes of %s in %s: %w", args.IfName, args.Netns, err)
+	}
+	for _, r := range prev.Routes {
+		found := false
+		for _, have := range routes {
+			dst := "<nil>"
+			if have.Dst != nil {
+				dst = have.Dst.String()
+			}
+			if dst == r.Dst.String() || (have.Dst == nil && ones(r.Dst) == 0) {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("route to %s is missing on %s in %s", r.Dst.String(), args.IfName, args.Netns)
+		}
+	}
+	return nil
+}
+
+func ones(n net.IPNet) int {
+	o, _ := n.Mask.Size()
+	return o
+}
+
+// GC delegates to IPAM, then removes host veths and masquerade owned by
+// attachments of this network that the runtime no longer lists.
+func (p *Plugin) GC(args *skel.CmdArgs) error {
+	c, err := parseConfig(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	keep, err := cniplugin.ValidAttachments(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	var errs []error
+	host, err := hostNS()
+	if err != nil {
+		return err
+	}
+	defer host.Close()
+	links, err := host.H.LinkList()
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		errs = append(errs, fmt.Errorf("list links: %w", err))
+	}
+	prefix := aliasPrefix + c.Name + "/"
+	for _, l := range links {
+		rest, ok := strings.CutPrefix(l.Attrs().Alias, prefix)
+		if !ok {
+			continue
+		}
+		id, ifname, _ := strings.Cut(rest, "/")
+		if keep[cniplugin.Attachment{ContainerID: id, IfName: ifname}] {
+			continue
+		}
+		if err := host.Delete(l.Attrs().Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	owners := make([]fw.Owner, 0, len(keep))
+	for a := range keep {
+		owners = append(owners, fw.Owner{Network: c.Name, ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	for _, b := range p.teardownBackends(c) {
+		m, err := p.Masq(b)
+		if err != nil {
+			continue // a backend this host cannot use holds nothing of ours
+		}
+		if err := m.GCMasq(ctx, c.Name, owners); err != nil {
+			errs = append(errs, fmt.Errorf("GC masquerade (%s): %w", b, err))
+		}
+	}
+	if err := p.IPAM.GC(ctx, c.IPAM.Type, args.StdinData); err != nil {
+		errs = append(errs, fmt.Errorf("IPAM %s GC: %w", c.IPAM.Type, err))
+	}
+	return errors.Join(errs...)
+}
+
+// Status is the IPAM plugin's status: the bridge itself needs nothing that
+// can run out.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	c, err := parseConfig(args.StdinData, args.Args)
+	if err != nil {
+		return err
+	}
+	if err := p.IPAM.Status(context.Background(), c.IPAM.Type, args.StdinData); err != nil {
+		return fmt.Errorf("IPAM %s STATUS: %w", c.IPAM.Type, err)
+	}
+	return nil
+}
