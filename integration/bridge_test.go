@@ -132,9 +132,13 @@ func TestBridgeTwoContainers(t *testing.T) {
 					t.Fatalf("server saw %s, want %s", src, b.ip(v4))
 				}
 			}
-			gw4 := a.Res.IPs[0].Gateway
-			srv := listenTCP(t, nil, net.JoinHostPort(gw4.String(), "0"))
-			mustReach(t, a.NS, srv)
+			// The gateways live on the bridge, in the host namespace.
+			for _, ipc := range a.Res.IPs {
+				srv := listenTCP(t, nil, net.JoinHostPort(ipc.Gateway.String(), "0"))
+				if src := mustReach(t, a.NS, srv); src != ipc.Address.IP.String() {
+					t.Fatalf("gateway %s saw %s, want %s", ipc.Gateway, src, ipc.Address.IP)
+				}
+			}
 
 			if v != "0.3.0" && v != "0.3.1" {
 				if err := e.CNI.CheckNetworkList(e.Ctx(), l, a.RT); err != nil {
@@ -165,7 +169,8 @@ func TestBridgeTwoContainers(t *testing.T) {
 
 func TestBridgeDelAfterNetnsGone(t *testing.T) {
 	e := NewEnv(t)
-	bn := bridgeNet{Name: "gone", Bridge: "plgone", Subnet4: "10.50.0.0/24", DataDir: t.TempDir()}
+	bn := bridgeNet{Name: "gone", Bridge: "plgone", Subnet4: "10.50.0.0/24", DataDir: t.TempDir(),
+		Extra: map[string]any{"ipMasq": true}}
 	l := e.ConfList(bn.conflist("1.0.0"))
 	n := testns.NewRemovable(t)
 	a := e.add(l, "ctr-gone", n.NS)
@@ -178,6 +183,9 @@ func TestBridgeDelAfterNetnsGone(t *testing.T) {
 	}
 	if hostLink(t, veth) != nil {
 		t.Fatal("veth left")
+	}
+	if rs := ruleset(t); strings.Contains(rs, a.ip(true).String()) {
+		t.Fatalf("masquerade left after DEL:\n%s", rs)
 	}
 	if got := addrFiles(t, bn.DataDir, bn.Name); len(got) != 0 {
 		t.Fatalf("reservations left: %v", got)
@@ -214,7 +222,7 @@ func TestBridgeGC(t *testing.T) {
 	l := e.ConfList(bn.conflist("1.1.0"))
 	keep := e.add(l, "ctr-keep", testns.NewNS(t))
 	leak := e.add(l, "ctr-leak", testns.NewNS(t))
-	err := e.CNI.GCNetworkList(e.Ctx(), l, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{{ContainerID: "ctr-keep", IfName: "eth0"}}})
+	err := e.PluginGC(l, types.GCAttachment{ContainerID: "ctr-keep", IfName: "eth0"})
 	if err != nil {
 		t.Fatalf("GC: %v", err)
 	}
@@ -362,4 +370,24 @@ func TestBridgeVlan(t *testing.T) {
 		t.Fatalf("vlan 100 not the port's pvid: %+v", vl[int32(veth.Attrs().Index)])
 	}
 	e.CNI.DelNetworkList(e.Ctx(), l, rt)
+}
+
+// TestBridgeBadNetns: a CNI_NETNS that is not a network namespace is error
+// 8 and creates nothing on the host.
+func TestBridgeBadNetns(t *testing.T) {
+	e := NewEnv(t)
+	bn := bridgeNet{Name: "badns", Bridge: "plbadns", Subnet4: "10.56.0.0/24", DataDir: t.TempDir()}
+	l := e.ConfList(bn.conflist("1.0.0"))
+	notNS := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(notNS, nil, 0o600)
+	for _, path := range []string{notNS, "/var/run/netns/plumb-does-not-exist"} {
+		_, err := e.CNI.AddNetworkList(e.Ctx(), l, &libcni.RuntimeConf{ContainerID: "ctr-bad", NetNS: path, IfName: "eth0"})
+		wantCode(t, err, 8)
+	}
+	if hostLink(t, bn.Bridge) != nil || hostLink(t, hostVeth(t, "ctr-bad")) != nil {
+		t.Fatal("a failed ADD created links")
+	}
+	if got := addrFiles(t, bn.DataDir, bn.Name); len(got) != 0 {
+		t.Fatalf("reservations: %v", got)
+	}
 }

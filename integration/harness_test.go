@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/plumbnet/plumb/internal/testns"
 )
@@ -98,3 +99,11 @@ func (e *Env) Ctx() context.Context { return context.Background() }
 
 // BinDir is where the built plugins are (for exec-ing them directly).
 func (e *Env) BinDir() string { return binDir }
+
+// PluginGC runs GC through a libcni client with an empty cache, so the GC
+// reaches the plugins without libcni first DELing the attachments it cached
+// itself: what is collected is the plugins' own doing.
+func (e *Env) PluginGC(list *libcni.NetworkConfigList, keep ...types.GCAttachment) error {
+	c := libcni.NewCNIConfigWithCacheDir([]string{binDir}, e.T.TempDir(), nil)
+	return c.GCNetworkList(e.Ctx(), list, &libcni.GCArgs{ValidAttachments: keep})
+}

@@ -56,13 +56,6 @@ func (h *hlEnv) del(list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) {
 	}
 }
 
-// freshGC is a libcni client with an empty cache: its GC reaches the plugin
-// without libcni first DELing the attachments it has cached itself.
-func (h *hlEnv) freshGC(list *libcni.NetworkConfigList, keep ...types.GCAttachment) error {
-	c := libcni.NewCNIConfigWithCacheDir([]string{h.BinDir()}, h.T.TempDir(), nil)
-	return c.GCNetworkList(h.Ctx(), list, &libcni.GCArgs{ValidAttachments: keep})
-}
-
 func wantIPs(t testing.TB, got []string, want ...string) {
 	t.Helper()
 	if !slices.Equal(got, want) {
@@ -282,12 +275,12 @@ func TestHostLocalGC(t *testing.T) {
 	// A second interface of a kept container is not kept.
 	wantIPs(t, h.add(list, &libcni.RuntimeConf{ContainerID: "ctr1", NetNS: h.Netns, IfName: "eth1"}), "10.10.0.5/24")
 
-	if err := h.freshGC(list, types.GCAttachment{ContainerID: "ctr1", IfName: "eth0"}); err != nil {
+	if err := h.PluginGC(list, types.GCAttachment{ContainerID: "ctr1", IfName: "eth0"}); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
 	wantReservations(t, h.DataDir, map[string]string{"10.10.0.3": ownerLine("ctr1", "eth0")})
 
-	if err := h.freshGC(list); err != nil {
+	if err := h.PluginGC(list); err != nil {
 		t.Fatalf("GC with no valid attachments: %v", err)
 	}
 	wantReservations(t, h.DataDir, map[string]string{})

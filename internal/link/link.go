@@ -190,7 +190,11 @@ func (n *NS) EnsureAddr(l netlink.Link, addr net.IPNet, force bool) error {
 			}
 		}
 	}
-	if err := n.H.AddrAdd(l, &netlink.Addr{IPNet: &addr}); err != nil && !errors.Is(err, syscall.EEXIST) {
+	a := &netlink.Addr{IPNet: &addr}
+	if family == netlink.FAMILY_V6 {
+		a.Flags = unix.IFA_F_NODAD // ours by configuration: usable at once, not tentative
+	}
+	if err := n.H.AddrAdd(l, a); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return fmt.Errorf("add %s to %s: %w", addr.String(), l.Attrs().Name, err)
 	}
 	return nil
