@@ -7,7 +7,7 @@ VERSION ?= v0.1.0
 LDFLAGS := -s -w -X github.com/plumbnet/plumb/internal/cniplugin.Version=$(VERSION)
 
 # One main package per plugin binary; the binary takes the folder's name.
-PLUGINS := ./plugins/loopback ./ipam/host-local
+PLUGINS := ./plugins/loopback ./plugins/bridge ./ipam/host-local
 
 .PHONY: all build test deps lint install clean
 

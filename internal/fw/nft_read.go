@@ -38,6 +38,11 @@ type vmapElem struct {
 // request sends one nf_tables message for the inet family and returns the
 // replies; a kernel error comes back as a *netlink.OpError wrapping its errno.
 func (r *nftReader) request(msgType uint16, dump bool, attrs []netlink.Attribute) ([]netlink.Message, error) {
+	return r.requestFamily(unix.NFPROTO_INET, msgType, dump, attrs)
+}
+
+// requestFamily is request for any nf_tables family (bridge, inet, ...).
+func (r *nftReader) requestFamily(family byte, msgType uint16, dump bool, attrs []netlink.Attribute) ([]netlink.Message, error) {
 	data, err := netlink.MarshalAttributes(attrs)
 	if err != nil {
 		return nil, err
@@ -49,7 +54,7 @@ func (r *nftReader) request(msgType uint16, dump bool, attrs []netlink.Attribute
 	msg := netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType), Flags: flags},
 		// struct nfgenmsg: family, version, resource id (big endian).
-		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, data...),
+		Data: append([]byte{family, unix.NFNETLINK_V0, 0, 0}, data...),
 	}
 	return r.c.Execute(msg)
 }
@@ -108,7 +113,12 @@ func (r *nftReader) element(table, set string, key []byte) (e vmapElem, ok bool,
 
 // elements dumps the verdict map set; an absent table or map has none.
 func (r *nftReader) elements(table, set string) ([]vmapElem, error) {
-	msgs, err := r.request(unix.NFT_MSG_GETSETELEM, true, []netlink.Attribute{
+	return r.elementsIn(unix.NFPROTO_INET, table, set)
+}
+
+// elementsIn is elements for a table of any family.
+func (r *nftReader) elementsIn(family byte, table, set string) ([]vmapElem, error) {
+	msgs, err := r.requestFamily(family, unix.NFT_MSG_GETSETELEM, true, []netlink.Attribute{
 		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstr(table)},
 		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(set)},
 	})

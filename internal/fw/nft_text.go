@@ -59,6 +59,9 @@ func nftRuleText(exprs []expr.Any) string {
 			words = append(words, what, cmpOpText(e.Op)+val)
 		case *expr.Lookup:
 			op := "@"
+			if e.Invert {
+				op = "!= @"
+			}
 			if e.IsDestRegSet && e.DestRegister == 0 {
 				op = "vmap @"
 			}

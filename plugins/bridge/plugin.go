@@ -27,6 +27,8 @@ type Plugin struct {
 	IPAM IPAM
 	// Masq gives the masquerade backend by name ("" is the default, nftables).
 	Masq func(backend string) (fw.Masquerader, error)
+	// Spoof gives the anti-spoofing backend used with macspoofchk.
+	Spoof func() fw.SpoofGuard
 }
 
 // aliasPrefix tags every host veth plumb creates with its owner, so GC can
@@ -148,6 +150,13 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 			return nil, err
 		}
 	}
+	if c.MacSpoofChk {
+		g := p.Spoof()
+		if err := g.AddSpoof(ctx, spoofRule(vethName, contLink.Attrs().HardwareAddr, res)); err != nil {
+			return nil, fmt.Errorf("spoof check on %s: %w", vethName, err)
+		}
+		u.push(func() { g.DelSpoof(ctx, vethName) })
+	}
 	if c.IPMasq {
 		m, err := p.Masq(c.IPMasqBackend)
 		if err != nil {
@@ -163,6 +172,15 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	}
 	ok = true
 	return res, nil
+}
+
+// spoofRule admits only the container's own MAC and addresses on its port.
+func spoofRule(port string, mac net.HardwareAddr, res *current.Result) fw.SpoofRule {
+	r := fw.SpoofRule{Port: port, MAC: mac}
+	for _, ipc := range res.IPs {
+		r.Addrs = append(r.Addrs, ipc.Address.IP)
+	}
+	return r
 }
 
 func owner(c *Config, args *skel.CmdArgs) fw.Owner {

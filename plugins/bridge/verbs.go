@@ -45,8 +45,14 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return err
 	}
 	defer host.Close()
-	if err := host.Delete(hostVethName(args.ContainerID, args.IfName)); err != nil {
+	vethName := hostVethName(args.ContainerID, args.IfName)
+	if err := host.Delete(vethName); err != nil {
 		errs = append(errs, err)
+	}
+	if c.MacSpoofChk {
+		if err := p.Spoof().DelSpoof(ctx, vethName); err != nil {
+			errs = append(errs, fmt.Errorf("remove spoof check of %s: %w", vethName, err))
+		}
 	}
 	if c.IPMasq {
 		var addrs []net.IP
@@ -136,6 +142,12 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	if err := checkContainer(args, prev); err != nil {
 		return err
 	}
+	if c.MacSpoofChk {
+		mac, _ := net.ParseMAC(prevMAC(prev, args.IfName))
+		if err := p.Spoof().CheckSpoof(ctx, spoofRule(vethName, mac, prev)); err != nil {
+			return fmt.Errorf("spoof check of %s: %w", vethName, err)
+		}
+	}
 	if c.IPMasq {
 		m, err := p.Masq(c.IPMasqBackend)
 		if err != nil {
@@ -150,6 +162,16 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		}
 	}
 	return nil
+}
+
+// prevMAC is the MAC prevResult reports for the container interface.
+func prevMAC(prev *current.Result, ifname string) string {
+	for _, i := range prev.Interfaces {
+		if i.Name == ifname && i.Sandbox != "" {
+			return i.Mac
+		}
+	}
+	return ""
 }
 
 func checkContainer(args *skel.CmdArgs, prev *current.Result) error {
@@ -254,6 +276,12 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	owners := make([]fw.Owner, 0, len(keep))
 	for a := range keep {
 		owners = append(owners, fw.Owner{Network: c.Name, ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	if c.MacSpoofChk {
+		alive := func(port string) bool { l, err := host.Get(port); return err != nil || l != nil }
+		if err := p.Spoof().GCSpoof(ctx, alive); err != nil {
+			errs = append(errs, fmt.Errorf("GC spoof checks: %w", err))
+		}
 	}
 	for _, b := range p.teardownBackends(c) {
 		m, err := p.Masq(b)
