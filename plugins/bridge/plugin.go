@@ -295,8 +295,8 @@ func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config,
 		}
 	}
 	if err := cns.Do(func() error {
-		// arp_notify makes the kernel announce the address (gratuitous ARP)
-		// when the link comes up, so peers learn the new MAC at once.
+		// arp_notify: the kernel announces the address again whenever the
+		// MAC changes later.
 		writeSysctl("net/ipv4/conf/"+name+"/arp_notify", "1")
 		if hasV6 {
 			dad := "0"
@@ -309,6 +309,13 @@ func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config,
 	}); err != nil {
 		return fmt.Errorf("set sysctls of %s in %s: %w", name, cns.Path(), err)
 	}
+	// Up first: the bridge enables the host end's port only once the kernel
+	// has seen the carrier, which then happens while addresses are set.
+	if !c.DisableContainerInterface {
+		if err := cont.H.LinkSetUp(l); err != nil {
+			return fmt.Errorf("set %s up in %s: %w", name, cns.Path(), err)
+		}
+	}
 	for _, ipc := range res.IPs {
 		a := &netlink.Addr{IPNet: &net.IPNet{IP: ipc.Address.IP, Mask: ipc.Address.Mask}}
 		if ipc.Address.IP.To4() == nil && !c.EnableDad {
@@ -320,9 +327,6 @@ func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config,
 	}
 	if c.DisableContainerInterface {
 		return nil
-	}
-	if err := cont.H.LinkSetUp(l); err != nil {
-		return fmt.Errorf("set %s up in %s: %w", name, cns.Path(), err)
 	}
 	for _, r := range res.Routes {
 		gw := r.GW
@@ -340,6 +344,16 @@ func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config,
 			return fmt.Errorf("add route %s via %v on %s in %s: %w", r.Dst.String(), gw, name, cns.Path(), err)
 		}
 	}
+	// Announce each IPv4 address so peers replace a stale ARP entry for a
+	// reused address at once. Best effort: the address works without it.
+	_ = cns.Do(func() error {
+		for _, ipc := range res.IPs {
+			if ipc.Address.IP.To4() != nil {
+				link.SendGratuitousARP(l.Attrs().Index, l.Attrs().HardwareAddr, ipc.Address.IP)
+			}
+		}
+		return nil
+	})
 	return nil
 }
 
