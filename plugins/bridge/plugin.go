@@ -201,7 +201,8 @@ func (p *Plugin) setupPort(host *link.NS, veth netlink.Link, c *Config) error {
 		}
 	}
 	if (c.Vlan != 0 || len(c.Vlans) > 0) && !c.PreserveDefaultVlan {
-		if err := host.H.BridgeVlanDel(veth, 1, true, true, false, true); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+		// A new port holds only the bridge's default VLAN 1.
+		if err := host.H.BridgeVlanDel(veth, 1, false, false, false, true); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("remove default vlan from %s: %w", name, err)
 		}
 	}
