@@ -8,6 +8,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
 )
 
 func TestCodeAndMessageSurviveWrapping(t *testing.T) {
@@ -84,5 +85,23 @@ func TestPrevResultFromOldVersion(t *testing.T) {
 	}
 	if res, err := PrevResult(&types.PluginConf{}); res != nil || err != nil {
 		t.Fatal("no prevResult must be nil, nil")
+	}
+}
+
+// TestAboutIsSemver: nerdctl parses everything after "CNI firewall plugin "
+// as a semver and compares it with 1.7.1.
+func TestAboutIsSemver(t *testing.T) {
+	rest, ok := strings.CutPrefix(About("firewall"), "CNI firewall plugin ")
+	if !ok {
+		t.Fatalf("about line %q", About("firewall"))
+	}
+	maj, min, patch, err := version.ParseVersion(strings.SplitN(strings.TrimPrefix(rest, "v"), "+", 2)[0])
+	if err != nil || maj != 1 || min < 7 || patch < 0 {
+		t.Fatalf("about version %q: %d.%d.%d %v", rest, maj, min, patch, err)
+	}
+	for _, r := range strings.SplitN(rest, "+", 2)[1] {
+		if !(r == '-' || r == '.' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			t.Fatalf("build metadata %q has %q, not allowed in semver", rest, r)
+		}
 	}
 }

@@ -17,6 +17,18 @@ import (
 // Version is plumb's release, set with -ldflags "-X ...cniplugin.Version=...".
 var Version = "v0.1.0"
 
+// CompatVersion is the reference plugins' release whose behaviour plumb's
+// plugins offer. Runtimes read it from the about line (nerdctl enables the
+// firewall's "isolated" policy only for >= v1.7.1), so the line is
+// "CNI <type> plugin v1.9.1+plumb-0.1.0": plumb's own release rides in the
+// semver build metadata, which version comparisons ignore.
+const CompatVersion = "v1.9.1"
+
+// About is the line a plugin prints on stderr when run without CNI_COMMAND.
+func About(name string) string {
+	return fmt.Sprintf("CNI %s plugin %s+plumb-%s", name, CompatVersion, strings.TrimPrefix(Version, "v"))
+}
+
 // SupportedVersions are the spec versions every plumb plugin accepts and can
 // answer in.
 var SupportedVersions = version.PluginSupports("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -33,8 +45,7 @@ type Plugin interface {
 
 // Main runs p as the plugin binary name and exits.
 func Main(name string, p Plugin) {
-	about := fmt.Sprintf("CNI %s plugin %s (plumb)", name, Version)
-	if e := skel.PluginMainFuncsWithError(Funcs(p), SupportedVersions, about); e != nil {
+	if e := skel.PluginMainFuncsWithError(Funcs(p), SupportedVersions, About(name)); e != nil {
 		if err := e.Print(); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: write error: %v\n", name, err)
 		}
