@@ -7,6 +7,11 @@ package netns
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -73,4 +78,38 @@ func (n *NS) Netlink() (*netlink.Handle, error) {
 		return nil, fmt.Errorf("netlink handle in %s: %w", n.Path(), err)
 	}
 	return h, nil
+}
+
+// RunDir is where named namespaces live, as `ip netns` keeps them.
+const RunDir = "/run/netns"
+
+// CreateNamed makes a new network namespace bound at RunDir/name (as `ip
+// netns add` does) and opens it. The calling thread is not affected: the
+// namespace is entered by a throwaway locked thread that dies with it.
+func CreateNamed(name string) (*NS, error) {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return nil, fmt.Errorf("create netns %q: not a valid name", name)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		h, err := vnetns.NewNamed(name)
+		if err == nil {
+			h.Close()
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		return nil, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	return Open(filepath.Join(RunDir, name))
+}
+
+// RemoveNamed unmounts and deletes RunDir/name; absent is success.
+func RemoveNamed(name string) error {
+	if err := vnetns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("remove netns %s: %w", name, err)
+	}
+	os.Remove(filepath.Join(RunDir, name))
+	return nil
 }
