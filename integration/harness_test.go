@@ -27,6 +27,7 @@ var pluginPkgs = map[string]string{
 	"loopback":   "./plugins/loopback",
 	"host-local": "./ipam/host-local",
 	"bridge":     "./plugins/bridge",
+	"plumb":      "./cmd/plumb", // not a plugin: the command line, built alongside
 }
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
