@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X github.com/plumbnet/plumb/internal/cniplugin.Version=$(VERSI
 # One main package per plugin binary; the binary takes the folder's name.
 PLUGINS := ./plugins/loopback ./plugins/bridge ./ipam/host-local
 
-.PHONY: all build test deps lint install clean
+.PHONY: all build test deps lint install clean demo
 
 all: build
 
@@ -31,6 +31,10 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# demo: a working container network in throwaway namespaces (root).
+demo: deps
+	bash scripts/demo.sh
 
 install: build
 	install -d $(DESTDIR)$(CNI_BIN)
