@@ -11,6 +11,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/plumbnet/plumb/internal/cniplugin"
+	"github.com/plumbnet/plumb/internal/crashpoint"
 	"github.com/plumbnet/plumb/ipam/allocator"
 	"github.com/plumbnet/plumb/ipam/store"
 )
@@ -82,6 +83,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	defer s.close()
+	crashpoint.Here("host-local.add.locked")
 	o := owner(args)
 	for i, set := range c.RangeSets {
 		ipc, err := allocator.New(set, s.st, i).Get(o, requested[i])
@@ -94,6 +96,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 			return nil, allocError(err, i, set)
 		}
 		res.IPs = append(res.IPs, ipc)
+		crashpoint.Here(fmt.Sprintf("host-local.add.reserved.%d", i))
 	}
 	return res, nil
 }
@@ -141,6 +144,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return err
 	}
 	defer s.close()
+	crashpoint.Here("host-local.del.locked")
 	if _, err := s.st.ReleaseByOwner(owner(args)); err != nil {
 		return fmt.Errorf("release addresses of %s/%s: %w", args.ContainerID, args.IfName, err)
 	}

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/plumbnet/plumb/internal/crashpoint"
 )
 
 // On-disk layout, shared with the reference host-local (do not change):
@@ -278,12 +280,14 @@ func (d *Disk) createExclusive(name, content string) (bool, error) {
 		return false, err
 	}
 	defer os.Remove(tmp)
+	crashpoint.Here("store.reserve.temp")
 	if err := os.Link(tmp, filepath.Join(d.dir, name)); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return false, nil
 		}
 		return false, err
 	}
+	crashpoint.Here("store.reserve.linked")
 	return true, nil
 }
 
@@ -293,6 +297,7 @@ func (d *Disk) replace(name, content string) error {
 	if err != nil {
 		return err
 	}
+	crashpoint.Here("store.replace.temp")
 	if err := os.Rename(tmp, filepath.Join(d.dir, name)); err != nil {
 		_ = os.Remove(tmp)
 		return err

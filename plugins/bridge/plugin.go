@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plumbnet/plumb/internal/cniplugin"
+	"github.com/plumbnet/plumb/internal/crashpoint"
 	"github.com/plumbnet/plumb/internal/fw"
 	"github.com/plumbnet/plumb/internal/link"
 	"github.com/plumbnet/plumb/internal/netns"
@@ -104,6 +105,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	crashpoint.Here("bridge.add.bridge")
 	vethName := hostVethName(args.ContainerID, args.IfName)
 	if err := host.Delete(vethName); err != nil { // a crashed earlier ADD of this attachment
 		return nil, err
@@ -119,15 +121,18 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	crashpoint.Here("bridge.add.veth")
 	if err := p.setupPort(host, veth, c); err != nil {
 		return nil, err
 	}
+	crashpoint.Here("bridge.add.port")
 
 	r, err := p.IPAM.Add(ctx, c.IPAM.Type, args.StdinData)
 	if err != nil {
 		return nil, fmt.Errorf("IPAM %s ADD: %w", c.IPAM.Type, err)
 	}
 	u.push(func() { p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData) })
+	crashpoint.Here("bridge.add.ipam")
 	ipamRes, err := current.NewResultFromResult(r)
 	if err != nil {
 		return nil, fmt.Errorf("convert IPAM %s result: %w", c.IPAM.Type, err)
@@ -145,10 +150,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	if err := configureContainer(cns, cont, contLink, c, res); err != nil {
 		return nil, err
 	}
+	crashpoint.Here("bridge.add.container")
 	if c.IsGateway {
 		if err := setupGateway(host, br, c, res); err != nil {
 			return nil, err
 		}
+		crashpoint.Here("bridge.add.gateway")
 	}
 	if c.MacSpoofChk {
 		g := p.Spoof()
@@ -156,6 +163,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 			return nil, fmt.Errorf("spoof check on %s: %w", vethName, err)
 		}
 		u.push(func() { g.DelSpoof(ctx, vethName) })
+		crashpoint.Here("bridge.add.spoof")
 	}
 	if c.IPMasq {
 		m, err := p.Masq(c.IPMasqBackend)
@@ -169,6 +177,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 		if err := m.AddMasq(ctx, rule); err != nil {
 			return nil, fmt.Errorf("masquerade %s: %w", args.ContainerID, err)
 		}
+		crashpoint.Here("bridge.add.masq")
 	}
 	ok = true
 	return res, nil

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/plumbnet/plumb/internal/cniplugin"
+	"github.com/plumbnet/plumb/internal/crashpoint"
 	"github.com/plumbnet/plumb/internal/fw"
 	"github.com/plumbnet/plumb/internal/link"
 	"github.com/plumbnet/plumb/internal/netns"
@@ -49,10 +50,12 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err := host.Delete(vethName); err != nil {
 		errs = append(errs, err)
 	}
+	crashpoint.Here("bridge.del.veth")
 	if c.MacSpoofChk {
 		if err := p.Spoof().DelSpoof(ctx, vethName); err != nil {
 			errs = append(errs, fmt.Errorf("remove spoof check of %s: %w", vethName, err))
 		}
+		crashpoint.Here("bridge.del.spoof")
 	}
 	if c.IPMasq {
 		var addrs []net.IP
@@ -72,6 +75,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			if err := m.DelMasq(ctx, owner(c, args), addrs); err != nil {
 				errs = append(errs, fmt.Errorf("remove masquerade (%s) of %s: %w", b, args.ContainerID, err))
 			}
+			crashpoint.Here("bridge.del.masq." + b)
 		}
 	}
 	if err := p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData); err != nil {
