@@ -4,12 +4,14 @@ BIN     ?= bin
 DESTDIR ?=
 CNI_BIN ?= /opt/cni/bin
 VERSION ?= v0.1.0
+SUMMARY ?= /tmp/plumb-test-summary.txt
+FUZZTIME ?= 3s
 LDFLAGS := -s -w -X github.com/plumbnet/plumb/internal/cniplugin.Version=$(VERSION)
 
 # One main package per plugin binary; the binary takes the folder's name.
 PLUGINS := ./plugins/loopback ./plugins/bridge ./ipam/host-local
 
-.PHONY: all build test deps lint install clean demo
+.PHONY: all build test deps lint install clean demo fuzz
 
 all: build
 
@@ -24,8 +26,17 @@ deps:
 	@bash scripts/deps.sh
 	$(GO) mod download
 
+# test prints a summary at the end: crash points tried, parallel operations,
+# fuzz inputs, with their leak and duplicate counts.
 test: deps build lint
-	$(GO) test -count=1 -timeout 12m ./...
+	@rm -f $(SUMMARY)
+	PLUMB_TEST_SUMMARY=$(SUMMARY) $(GO) test -count=1 -timeout 12m ./...
+	@FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh | tee -a $(SUMMARY) | tail -1
+	@echo; echo "== test summary"; grep -v '^fuzz: .*: ' $(SUMMARY) || true
+
+# fuzz runs every fuzz target; FUZZTIME=5m for a long run.
+fuzz:
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
