@@ -10,9 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/plumbnet/plumb/internal/crashpoint"
+	"github.com/plumbnet/plumb/internal/flock"
 )
 
 // On-disk layout, shared with the reference host-local (do not change):
@@ -99,92 +98,25 @@ func validateNetworkName(network string) error {
 // Dir is the directory holding this network's state.
 func (d *Disk) Dir() string { return d.dir }
 
-// Lock takes the flock, waiting until ctx ends. A free lock is taken at
-// once; otherwise a blocking flock(2) on a duplicate descriptor (same open
-// file, so the same lock) waits in a goroutine: hundreds of waiters polling
-// with LOCK_NB starve the holder of CPU, blocked waiters cost nothing.
+// Lock takes the flock on the reference's lock file, waiting until ctx
+// ends, then clears temp files only a crashed writer can have left.
 func (d *Disk) Lock(ctx context.Context) error {
-	ok, err := d.flock(unix.LOCK_EX | unix.LOCK_NB)
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", d.lockPath, err)
-	}
-	if !ok {
-		if err := d.waitLock(ctx); err != nil {
-			return err
+	if err := flock.Lock(ctx, d.lockFile); err != nil {
+		if errors.Is(err, flock.ErrTimeout) {
+			return fmt.Errorf("lock %s: %w: %w", d.lockPath, ErrLockTimeout, err)
 		}
+		return fmt.Errorf("lock %s: %w", d.lockPath, err)
 	}
 	d.removeTemps()
 	return nil
 }
 
-func (d *Disk) waitLock(ctx context.Context) error {
-	var fd int
-	rc, err := d.lockFile.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", d.lockPath, err)
-	}
-	var derr error
-	if cerr := rc.Control(func(f uintptr) { fd, derr = unix.Dup(int(f)) }); cerr != nil || derr != nil {
-		return fmt.Errorf("lock %s: dup: %w", d.lockPath, errors.Join(cerr, derr))
-	}
-	done := make(chan error, 1)
-	go func() {
-		var err error
-		for {
-			if err = unix.Flock(fd, unix.LOCK_EX); err != unix.EINTR {
-				break
-			}
-		}
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		unix.Close(fd) // the lock stays with the open file d.lockFile shares
-		if err != nil {
-			return fmt.Errorf("lock %s: %w", d.lockPath, err)
-		}
-		return nil
-	case <-ctx.Done():
-		// Whoever gets the lock after we gave up must hand it back.
-		go func() {
-			if err := <-done; err == nil {
-				unix.Flock(fd, unix.LOCK_UN)
-			}
-			unix.Close(fd)
-		}()
-		return fmt.Errorf("lock %s: %w: %w", d.lockPath, ErrLockTimeout, context.Cause(ctx))
-	}
-}
-
 // Unlock releases the flock.
 func (d *Disk) Unlock() error {
-	if _, err := d.flock(unix.LOCK_UN); err != nil {
+	if err := flock.Unlock(d.lockFile); err != nil {
 		return fmt.Errorf("unlock %s: %w", d.lockPath, err)
 	}
 	return nil
-}
-
-// flock applies how to the lock file; ok is false when LOCK_NB found it held.
-func (d *Disk) flock(how int) (ok bool, err error) {
-	rc, err := d.lockFile.SyscallConn()
-	if err != nil {
-		return false, err
-	}
-	cerr := rc.Control(func(fd uintptr) {
-		for {
-			err = unix.Flock(int(fd), how)
-			if err != unix.EINTR {
-				return
-			}
-		}
-	})
-	if cerr != nil {
-		return false, cerr
-	}
-	if errors.Is(err, unix.EWOULDBLOCK) {
-		return false, nil
-	}
-	return err == nil, err
 }
 
 // removeTemps deletes leftovers of a crashed writer. It is best effort:
