@@ -107,3 +107,59 @@ func htons(v uint16) uint16 {
 	binary.BigEndian.PutUint16(b, v)
 	return binary.NativeEndian.Uint16(b)
 }
+
+// TestBridgeRemovedWhenEmpty: with removeBridgeWhenEmpty the last DEL
+// removes a bridge plumb created, not before, and never one it did not.
+func TestBridgeRemovedWhenEmpty(t *testing.T) {
+	e := NewEnv(t)
+	bn := bridgeNet{Name: "empty", Bridge: "plempty", Subnet4: "10.74.0.0/24", DataDir: t.TempDir(),
+		Extra: map[string]any{"removeBridgeWhenEmpty": true}}
+	l := e.ConfList(bn.conflist("1.0.0"))
+	a := e.add(l, "ctr-e1", testns.NewNS(t))
+	b := e.add(l, "ctr-e2", testns.NewNS(t))
+	e.CNI.DelNetworkList(e.Ctx(), l, a.RT)
+	if hostLink(t, bn.Bridge) == nil {
+		t.Fatal("bridge removed while a container is still on it")
+	}
+	e.CNI.DelNetworkList(e.Ctx(), l, b.RT)
+	if hostLink(t, bn.Bridge) != nil {
+		t.Fatal("bridge left after its last container left")
+	}
+	// A bridge someone else made stays.
+	mine := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "plnotmine"}}
+	if err := netlink.LinkAdd(mine); err != nil {
+		t.Fatal(err)
+	}
+	defer netlink.LinkDel(mine)
+	bn2 := bn
+	bn2.Name, bn2.Bridge = "notmine", "plnotmine"
+	l2 := e.ConfList(bn2.conflist("1.0.0"))
+	c := e.add(l2, "ctr-e3", testns.NewNS(t))
+	e.CNI.DelNetworkList(e.Ctx(), l2, c.RT)
+	if hostLink(t, "plnotmine") == nil {
+		t.Fatal("removed a bridge plumb did not create")
+	}
+}
+
+// TestBridgeKeepsRouterAdvertisements: turning IPv6 forwarding on must not
+// make the uplink drop router advertisements (accept_ra 1 becomes 2).
+func TestBridgeKeepsRouterAdvertisements(t *testing.T) {
+	e := NewEnv(t)
+	writeProcSys(t, "net/ipv6/conf/all/forwarding", "0")
+	up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pluplink"}, PeerName: "pluplink-p"}
+	if err := netlink.LinkAdd(up); err != nil {
+		t.Fatal(err)
+	}
+	defer netlink.LinkDel(up)
+	writeProcSys(t, "net/ipv6/conf/pluplink/accept_ra", "1")
+	bn := bridgeNet{Name: "ra", Bridge: "plra", Subnet4: "10.75.0.0/24", Subnet6: "fd00:75::/64", DataDir: t.TempDir()}
+	l := e.ConfList(bn.conflist("1.0.0"))
+	a := e.add(l, "ctr-ra", testns.NewNS(t))
+	defer e.CNI.DelNetworkList(e.Ctx(), l, a.RT)
+	if v, _ := os.ReadFile("/proc/sys/net/ipv6/conf/all/forwarding"); strings.TrimSpace(string(v)) != "1" {
+		t.Fatal("IPv6 forwarding not turned on")
+	}
+	if v, _ := os.ReadFile("/proc/sys/net/ipv6/conf/pluplink/accept_ra"); strings.TrimSpace(string(v)) != "2" {
+		t.Fatalf("uplink accept_ra = %s, want 2", v)
+	}
+}

@@ -43,6 +43,9 @@ type netConf struct {
 	EnableDad                 bool         `json:"enabledad,omitempty"`
 	DisableContainerInterface bool         `json:"disableContainerInterface,omitempty"`
 	PortIsolation             bool         `json:"portIsolation,omitempty"`
+	// RemoveBridgeWhenEmpty (plumb only): DEL of the last container removes
+	// the bridge, if plumb created it.
+	RemoveBridgeWhenEmpty bool `json:"removeBridgeWhenEmpty,omitempty"`
 	Args                      struct {
 		CNI struct {
 			MAC string `json:"mac,omitempty"`

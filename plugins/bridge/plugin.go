@@ -18,6 +18,7 @@ import (
 
 	"github.com/plumbnet/plumb/internal/cniplugin"
 	"github.com/plumbnet/plumb/internal/crashpoint"
+	"github.com/plumbnet/plumb/internal/flock"
 	"github.com/plumbnet/plumb/internal/fw"
 	"github.com/plumbnet/plumb/internal/link"
 	"github.com/plumbnet/plumb/internal/netns"
@@ -35,6 +36,18 @@ type Plugin struct {
 // aliasPrefix tags every host veth plumb creates with its owner, so GC can
 // find veths of attachments the runtime forgot.
 const aliasPrefix = "plumb/"
+
+// bridgeAlias marks a bridge plumb created (and so may remove).
+const bridgeAlias = "plumb-created"
+
+// lockBridge serialises creating or removing a bridge with attaching to it.
+func lockBridge(name string) (func(), error) {
+	release, err := flock.Acquire(context.Background(), "/run/plumb/bridge-"+name+".lock")
+	if err != nil {
+		return nil, fmt.Errorf("lock bridge %s: %w", name, err)
+	}
+	return release, nil
+}
 
 // hostVethName is stable per attachment so DEL finds the veth without the
 // container namespace and a retried ADD replaces its own leftover.
@@ -98,12 +111,25 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 		}
 	}()
 
-	br, _, err := host.EnsureBridge(link.BridgeSpec{
+	// Creating the bridge and attaching the veth happen under the bridge's
+	// lock, so a DEL removing an empty bridge never races an ADD into it.
+	unlockBridge, err := lockBridge(c.Bridge)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { unlockBridge() }()
+	br, created, err := host.EnsureBridge(link.BridgeSpec{
 		Name: c.Bridge, MTU: c.MTU, Promisc: c.PromiscMode,
 		VlanFiltering: c.Vlan != 0 || len(c.Vlans) > 0,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if created {
+		// Marks the bridge as plumb's, for removeBridgeWhenEmpty.
+		if err := host.H.LinkSetAlias(br, bridgeAlias); err != nil {
+			return nil, fmt.Errorf("tag bridge %s: %w", c.Bridge, err)
+		}
 	}
 	crashpoint.Here("bridge.add.bridge")
 	vethName := hostVethName(args.ContainerID, args.IfName)
@@ -122,6 +148,8 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	crashpoint.Here("bridge.add.veth")
+	unlockBridge()
+	unlockBridge = func() {}
 	if err := p.setupPort(host, veth, c); err != nil {
 		return nil, err
 	}
@@ -392,12 +420,35 @@ func setupGateway(host *link.NS, br *netlink.Bridge, c *Config, res *current.Res
 		key := "net/ipv4/ip_forward"
 		if ipc.Gateway.To4() == nil {
 			key = "net/ipv6/conf/all/forwarding"
+			keepRouterAdvertisements()
 		}
 		if err := ensureSysctl(key, "1"); err != nil {
 			return fmt.Errorf("enable forwarding: %w", err)
 		}
 	}
 	return nil
+}
+
+// keepRouterAdvertisements: turning IPv6 forwarding on makes interfaces
+// with accept_ra=1 ignore router advertisements, so a host that learns its
+// default route from them would lose it when it expires. Before forwarding
+// is first turned on, such interfaces get accept_ra=2 (accept even when
+// forwarding).
+func keepRouterAdvertisements() {
+	if v, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/forwarding"); err != nil || strings.TrimSpace(string(v)) == "1" {
+		return
+	}
+	dirs, _ := os.ReadDir("/proc/sys/net/ipv6/conf")
+	for _, d := range dirs {
+		switch d.Name() {
+		case "all", "default", "lo":
+			continue
+		}
+		key := "net/ipv6/conf/" + d.Name() + "/accept_ra"
+		if v, err := os.ReadFile("/proc/sys/" + key); err == nil && strings.TrimSpace(string(v)) == "1" {
+			writeSysctl(key, "2")
+		}
+	}
 }
 
 // writeSysctl is best effort: a missing key (IPv6 disabled) is not fatal.

@@ -78,10 +78,39 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			crashpoint.Here("bridge.del.masq." + b)
 		}
 	}
+	if c.RemoveBridgeWhenEmpty {
+		if err := removeEmptyBridge(host, c.Bridge); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData); err != nil {
 		errs = append(errs, fmt.Errorf("IPAM %s DEL: %w", c.IPAM.Type, err))
 	}
 	return errors.Join(errs...)
+}
+
+// removeEmptyBridge deletes the bridge if plumb created it and no port is
+// left, under the lock ADD holds while it attaches.
+func removeEmptyBridge(host *link.NS, name string) error {
+	unlock, err := lockBridge(name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	br, err := host.Get(name)
+	if err != nil || br == nil || br.Attrs().Alias != bridgeAlias {
+		return err
+	}
+	links, err := host.H.LinkList()
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return fmt.Errorf("list ports of bridge %s: %w", name, err)
+	}
+	for _, l := range links {
+		if l.Attrs().MasterIndex == br.Attrs().Index {
+			return nil
+		}
+	}
+	return host.Delete(name)
 }
 
 func backendOf(c *Config) string {
