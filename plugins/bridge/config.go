@@ -46,7 +46,7 @@ type netConf struct {
 	// RemoveBridgeWhenEmpty (plumb only): DEL of the last container removes
 	// the bridge, if plumb created it.
 	RemoveBridgeWhenEmpty bool `json:"removeBridgeWhenEmpty,omitempty"`
-	Args                      struct {
+	Args                  struct {
 		CNI struct {
 			MAC string `json:"mac,omitempty"`
 		} `json:"cni,omitempty"`
