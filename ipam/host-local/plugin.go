@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -130,6 +131,16 @@ func allocError(err error, i int, set allocator.RangeSet) error {
 	case errors.Is(err, allocator.ErrRequestedTaken), errors.Is(err, allocator.ErrRequestedOutside):
 		return cniplugin.WithCode(cniplugin.CodeAddressUnavailable, err)
 	}
+	return ioError(err)
+}
+
+// ioError marks failures of the state directory (full, read-only, no
+// permission) as I/O errors (5), so runtimes can tell them from bugs.
+func ioError(err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return cniplugin.WithCode(cniplugin.CodeIO, err)
+	}
 	return err
 }
 
@@ -146,7 +157,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	defer s.close()
 	crashpoint.Here("host-local.del.locked")
 	if _, err := s.st.ReleaseByOwner(owner(args)); err != nil {
-		return fmt.Errorf("release addresses of %s/%s: %w", args.ContainerID, args.IfName, err)
+		return ioError(fmt.Errorf("release addresses of %s/%s: %w", args.ContainerID, args.IfName, err))
 	}
 	return nil
 }
