@@ -4,6 +4,7 @@
 package cniplugin
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -75,6 +76,28 @@ func Funcs(p Plugin) skel.CNIFuncs {
 	}
 }
 
+// Length limits beyond skel's character checks: owner tags (veth aliases
+// "plumb/<network>/<container ID>/<ifname>", rule comments) must fit the
+// kernel's 255-byte fields whole.
+const (
+	MaxContainerIDLen = 128
+	MaxNetworkNameLen = 100
+)
+
+// checkLimits rejects overlong identifiers before any plugin code sees them.
+func checkLimits(args *skel.CmdArgs) error {
+	if len(args.ContainerID) > MaxContainerIDLen {
+		return Errorf(CodeInvalidEnv, "CNI_CONTAINERID is %d bytes, more than %d", len(args.ContainerID), MaxContainerIDLen)
+	}
+	var conf struct {
+		Name string `json:"name"`
+	}
+	if json.Unmarshal(args.StdinData, &conf) == nil && len(conf.Name) > MaxNetworkNameLen {
+		return InvalidConfig("network name is %d bytes, more than %d", len(conf.Name), MaxNetworkNameLen)
+	}
+	return nil
+}
+
 // guard converts errors to CNI errors and a panic into error 999 without a
 // Go stack on stdout.
 func guard(verb string, fn func(*skel.CmdArgs) error) func(*skel.CmdArgs) error {
@@ -84,6 +107,9 @@ func guard(verb string, fn func(*skel.CmdArgs) error) func(*skel.CmdArgs) error 
 				err = types.NewError(CodeInternal, fmt.Sprintf("%s: internal error: %v", verb, r), "")
 			}
 		}()
+		if err := checkLimits(args); err != nil {
+			return ToCNI(err)
+		}
 		if err := fn(args); err != nil {
 			return ToCNI(err)
 		}
