@@ -70,13 +70,13 @@ func (d *doctor) forwarding() {
 // forwardPolicy looks for a FORWARD policy of DROP (iptables or an nftables
 // forward base chain) that nothing accepts the network's bridges through.
 func (d *doctor) forwardPolicy() {
-	if d.ni == nil || len(d.ni.Bridges) == 0 {
-		return
+	if d.ni == nil || len(d.ni.Bridges) == 0 || d.ni.Firewall {
+		return // the firewall plugin accepts the network's traffic itself
 	}
 	out, err := exec.Command("iptables", "-w", "-S", "FORWARD").Output()
 	if err == nil && strings.Contains(string(out), "-P FORWARD DROP") {
 		for _, br := range d.ni.Bridges {
-			if !strings.Contains(string(out), "-i "+br) && !strings.Contains(string(out), "-o "+br) && !strings.Contains(string(out), "CNI-FORWARD") && !strings.Contains(string(out), "PLUMB-") {
+			if !strings.Contains(string(out), "-i "+br) && !strings.Contains(string(out), "-o "+br) {
 				b := br
 				msg := "the iptables FORWARD policy is DROP (as Docker leaves it) and no rule accepts traffic of bridge " + br
 				if readSysctl("net.bridge.bridge-nf-call-iptables") == "1" {

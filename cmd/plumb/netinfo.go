@@ -17,6 +17,7 @@ type netInfo struct {
 	DataDirs []string // host-local dataDirs
 	Subnets  []*net.IPNet
 	Gateway  bool
+	Firewall bool // the chain has the firewall plugin, which accepts its traffic
 }
 
 func readNetInfo(l *libcni.NetworkConfigList) (*netInfo, error) {
@@ -40,6 +41,9 @@ func readNetInfo(l *libcni.NetworkConfigList) (*netInfo, error) {
 		}
 		if err := json.Unmarshal(p.Bytes, &c); err != nil {
 			return nil, fmt.Errorf("read plugin %s of network %s: %w", p.Network.Type, l.Name, err)
+		}
+		if c.Type == "firewall" {
+			ni.Firewall = true
 		}
 		if c.Type == "bridge" {
 			if c.Bridge == "" {
