@@ -1,16 +1,13 @@
 package integration
 
 import (
-	"encoding/binary"
 	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/cni/libcni"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/plumbnet/plumb/internal/netns"
 	"github.com/plumbnet/plumb/internal/testns"
@@ -59,53 +56,59 @@ func TestBridgePortOptions(t *testing.T) {
 	e.CNI.DelNetworkList(e.Ctx(), l, a.RT)
 }
 
-// TestBridgeGratuitousARP: when a container comes up, the bridge sees an ARP
-// announcing its address, so peers learn the new MAC at once.
-func TestBridgeGratuitousARP(t *testing.T) {
+// TestBridgeAnnouncesAddress: when a container comes up with an address a
+// peer still maps to an old MAC (a reused address), the peer learns the new
+// MAC at once, without waiting for its entry to go stale and be probed.
+func TestBridgeAnnouncesAddress(t *testing.T) {
 	e := NewEnv(t)
 	bn := bridgeNet{Name: "garp", Bridge: "plgarp", Subnet4: "10.59.0.0/24", DataDir: t.TempDir()}
 	l := e.ConfList(bn.conflist("1.0.0"))
-	first := e.add(l, "ctr-garp-1", testns.NewNS(t)) // creates the bridge
-	defer e.CNI.DelNetworkList(e.Ctx(), l, first.RT)
-
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ARP)))
-	if err != nil {
-		t.Fatal(err)
+	peer := e.add(l, "ctr-garp-1", testns.NewNS(t)) // 10.59.0.2
+	defer e.CNI.DelNetworkList(e.Ctx(), l, peer.RT)
+	reused := net.ParseIP("10.59.0.3").To4() // the next address handed out
+	old, _ := net.ParseMAC("02:00:00:00:00:99")
+	neighOf := func() (mac string) {
+		peer.NS.Do(func() error {
+			lk, err := netlink.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			list, _ := netlink.NeighList(lk.Attrs().Index, netlink.FAMILY_V4)
+			for _, n := range list {
+				if n.IP.Equal(reused) {
+					mac = n.HardwareAddr.String()
+				}
+			}
+			return nil
+		})
+		return mac
 	}
-	defer unix.Close(fd)
-	br := hostLink(t, bn.Bridge)
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: br.Attrs().Index}); err != nil {
-		t.Fatal(err)
-	}
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 1})
-
-	n := testns.NewNS(t)
-	rt := &libcni.RuntimeConf{ContainerID: "ctr-garp-2", NetNS: n.Path(), IfName: "eth0"}
-	if _, err := e.CNI.AddNetworkList(e.Ctx(), l, rt); err != nil {
-		t.Fatal(err)
-	}
-	defer e.CNI.DelNetworkList(e.Ctx(), l, rt)
-	want := net.ParseIP("10.59.0.3").To4() // the second address handed out
-	buf := make([]byte, 1500)
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
-		k, _, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil || k < 42 {
-			continue
+	if err := peer.NS.Do(func() error {
+		lk, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
 		}
-		// Ethernet (14) + ARP: sender IP at 14+14, target IP at 14+24.
-		spa, tpa := net.IP(buf[28:32]), net.IP(buf[38:42])
-		if spa.Equal(want) && tpa.Equal(want) {
+		return netlink.NeighSet(&netlink.Neigh{LinkIndex: lk.Attrs().Index, IP: reused, HardwareAddr: old, State: netlink.NUD_STALE})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := neighOf(); got != old.String() {
+		t.Fatalf("stale entry not set: %q", got)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the kernel's ARP locktime (1 s)
+	c := e.add(l, "ctr-garp-2", testns.NewNS(t))
+	defer e.CNI.DelNetworkList(e.Ctx(), l, c.RT)
+	if !c.ip(true).Equal(reused) {
+		t.Fatalf("new container got %s, want %s", c.ip(true), reused)
+	}
+	want := c.Res.Interfaces[2].Mac
+	for i := 0; i < 20; i++ {
+		if neighOf() == want {
 			return
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("no gratuitous ARP for %s seen on %s", want, bn.Bridge)
-}
-
-func htons(v uint16) uint16 {
-	b := make([]byte, 2)
-	binary.BigEndian.PutUint16(b, v)
-	return binary.NativeEndian.Uint16(b)
+	t.Fatalf("peer still maps %s to %s, not the new container's %s", reused, neighOf(), want)
 }
 
 // TestBridgeRemovedWhenEmpty: with removeBridgeWhenEmpty the last DEL

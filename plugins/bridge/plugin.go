@@ -382,16 +382,22 @@ func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config,
 			return fmt.Errorf("add route %s via %v on %s in %s: %w", r.Dst.String(), gw, name, cns.Path(), err)
 		}
 	}
-	// Announce each IPv4 address so peers replace a stale ARP entry for a
-	// reused address at once. Best effort: the address works without it.
-	_ = cns.Do(func() error {
-		for _, ipc := range res.IPs {
-			if ipc.Address.IP.To4() != nil {
-				link.SendGratuitousARP(l.Attrs().Index, l.Attrs().HardwareAddr, ipc.Address.IP)
-			}
+	// Announce the IPv4 address so peers replace a stale ARP entry for a
+	// reused address at once (an ARP request from it, towards its gateway
+	// or, without one, the subnet's first address). Best effort.
+	for _, ipc := range res.IPs {
+		if ipc.Address.IP.To4() == nil {
+			continue
 		}
-		return nil
-	})
+		target := ipc.Gateway
+		if target == nil {
+			target = firstHost(ipc.Address)
+		}
+		if !target.Equal(ipc.Address.IP) {
+			_ = cont.Announce(l, target)
+		}
+		break
+	}
 	return nil
 }
 
