@@ -44,7 +44,7 @@ const maxNameLen = 255
 type Disk struct {
 	dir      string
 	lockPath string
-	lockFile *os.File
+	unlock   func()   // set while the lock is held
 	dirFile  *os.File // kept open to fsync the directory after changes
 }
 
@@ -71,13 +71,15 @@ func NewDisk(dataDir, network string) (*Disk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open IPAM store directory: %w", err)
 	}
+	// The lock file exists from the start, as with the reference store.
 	lockPath := filepath.Join(dir, lockName)
-	lockFile, err := os.OpenFile(lockPath, os.O_RDONLY|os.O_CREATE, filePerm)
+	f, err := os.OpenFile(lockPath, os.O_RDONLY|os.O_CREATE, filePerm)
 	if err != nil {
 		dirFile.Close()
 		return nil, fmt.Errorf("open IPAM store lock: %w", err)
 	}
-	return &Disk{dir: dir, lockPath: lockPath, lockFile: lockFile, dirFile: dirFile}, nil
+	f.Close()
+	return &Disk{dir: dir, lockPath: lockPath, dirFile: dirFile}, nil
 }
 
 // validateNetworkName accepts exactly one path element.
@@ -101,20 +103,26 @@ func (d *Disk) Dir() string { return d.dir }
 // Lock takes the flock on the reference's lock file, waiting until ctx
 // ends, then clears temp files only a crashed writer can have left.
 func (d *Disk) Lock(ctx context.Context) error {
-	if err := flock.Lock(ctx, d.lockFile); err != nil {
+	if d.unlock != nil {
+		return fmt.Errorf("lock %s: already held by this store", d.lockPath)
+	}
+	unlock, err := flock.Acquire(ctx, d.lockPath)
+	if err != nil {
 		if errors.Is(err, flock.ErrTimeout) {
 			return fmt.Errorf("lock %s: %w: %w", d.lockPath, ErrLockTimeout, err)
 		}
 		return fmt.Errorf("lock %s: %w", d.lockPath, err)
 	}
+	d.unlock = unlock
 	d.removeTemps()
 	return nil
 }
 
-// Unlock releases the flock.
+// Unlock releases the flock; unlocking an unlocked store does nothing.
 func (d *Disk) Unlock() error {
-	if err := flock.Unlock(d.lockFile); err != nil {
-		return fmt.Errorf("unlock %s: %w", d.lockPath, err)
+	if d.unlock != nil {
+		d.unlock()
+		d.unlock = nil
 	}
 	return nil
 }
@@ -133,10 +141,10 @@ func (d *Disk) removeTemps() {
 	}
 }
 
-// Close releases the lock (closing the descriptor drops the flock) and the
-// directory handle.
+// Close releases the lock, if held, and the directory handle.
 func (d *Disk) Close() error {
-	return errors.Join(d.lockFile.Close(), d.dirFile.Close())
+	d.Unlock()
+	return d.dirFile.Close()
 }
 
 // Reserve implements Store.
