@@ -9,7 +9,7 @@ FUZZTIME ?= 3s
 LDFLAGS := -s -w -X github.com/plumbnet/plumb/internal/cniplugin.Version=$(VERSION)
 
 # One main package per plugin binary; the binary takes the folder's name.
-PLUGINS := ./plugins/loopback ./plugins/bridge ./plugins/tuning ./plugins/bandwidth ./ipam/host-local
+PLUGINS := ./plugins/loopback ./plugins/bridge ./ipam/host-local ./plugins/firewall ./plugins/tuning ./plugins/bandwidth ./portmap
 
 .PHONY: all build test deps lint install clean demo fuzz
 

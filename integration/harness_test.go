@@ -27,6 +27,8 @@ var pluginPkgs = map[string]string{
 	"loopback":   "./plugins/loopback",
 	"host-local": "./ipam/host-local",
 	"bridge":     "./plugins/bridge",
+	"portmap":    "./portmap",
+	"firewall":   "./plugins/firewall",
 	"tuning":     "./plugins/tuning",
 	"bandwidth":  "./plugins/bandwidth",
 	"plumb":      "./cmd/plumb", // not a plugin: the command line, built alongside

@@ -87,24 +87,32 @@ type nftSession struct {
 	conn  *nftables.Conn
 	rd    *nftReader
 	table *nftables.Table
-	maps  [2]*nftables.Set
+	maps  [2]*nftables.Set // the masquerade maps (masquerade sessions only)
 }
 
 func openNFT() (*nftSession, error) {
-	rd, err := dialNFTReader()
+	s, err := openNFTSession(nftTableRef())
 	if err != nil {
 		return nil, err
 	}
-	conn, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		rd.Close()
-		return nil, noNFTables(fmt.Errorf("open nf_tables connection: %w", err))
-	}
-	s := &nftSession{conn: conn, rd: rd, table: nftTableRef()}
 	for _, f := range families {
 		s.maps[f] = nftMapSet(f)
 	}
 	return s, nil
+}
+
+// openNFTSession opens one call's sockets for requests about table.
+func openNFTSession(table *nftables.Table, opts ...nftables.ConnOption) (*nftSession, error) {
+	rd, err := dialNFTReader()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := nftables.New(append([]nftables.ConnOption{nftables.AsLasting()}, opts...)...)
+	if err != nil {
+		rd.Close()
+		return nil, noNFTables(fmt.Errorf("open nf_tables connection: %w", err))
+	}
+	return &nftSession{conn: conn, rd: rd, table: table}, nil
 }
 
 // nftTableRef names plumb's table in requests.
@@ -143,7 +151,7 @@ func (s *nftSession) rules(chain string) (texts []string, exists bool, err error
 	if err != nil || len(rules) == 0 {
 		// A rule dump of a missing chain is empty, and the library formats
 		// errnos away: ask whether the chain exists.
-		exists, e := s.rd.chainExists(nftTable, chain)
+		exists, e := s.rd.chainExists(s.table.Name, chain)
 		if e != nil || !exists || err == nil {
 			return nil, exists, e
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -29,10 +30,13 @@ func dialNFTReader() (*nftReader, error) {
 func (r *nftReader) Close() error { return r.c.Close() }
 
 // vmapElem is one element of a verdict map: its key and the chain it jumps
-// or goes to ("" for other verdicts).
+// or goes to ("" for other verdicts). For an element of a data map, data is
+// its value; comment is the element's comment, if any.
 type vmapElem struct {
-	key   []byte
-	chain string
+	key     []byte
+	chain   string
+	data    []byte
+	comment string
 }
 
 // request sends one nf_tables message for the inet family and returns the
@@ -43,20 +47,28 @@ func (r *nftReader) request(msgType uint16, dump bool, attrs []netlink.Attribute
 
 // requestFamily is request for any nf_tables family (bridge, inet, ...).
 func (r *nftReader) requestFamily(family byte, msgType uint16, dump bool, attrs []netlink.Attribute) ([]netlink.Message, error) {
-	data, err := netlink.MarshalAttributes(attrs)
+	msg, err := nftMessage(family, msgType, dump, attrs)
 	if err != nil {
 		return nil, err
+	}
+	return r.c.Execute(msg)
+}
+
+// nftMessage builds one nf_tables request.
+func nftMessage(family byte, msgType uint16, dump bool, attrs []netlink.Attribute) (netlink.Message, error) {
+	data, err := netlink.MarshalAttributes(attrs)
+	if err != nil {
+		return netlink.Message{}, err
 	}
 	flags := netlink.Request
 	if dump {
 		flags |= netlink.Dump
 	}
-	msg := netlink.Message{
+	return netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType), Flags: flags},
 		// struct nfgenmsg: family, version, resource id (big endian).
 		Data: append([]byte{family, unix.NFNETLINK_V0, 0, 0}, data...),
-	}
-	return r.c.Execute(msg)
+	}, nil
 }
 
 // tableExists reports whether table exists in the inet family.
@@ -79,25 +91,11 @@ func (r *nftReader) chainExists(table, chain string) (bool, error) {
 // element looks up key in the verdict map set; ok is false when the table,
 // the map or the element is absent.
 func (r *nftReader) element(table, set string, key []byte) (e vmapElem, ok bool, err error) {
-	keyAttr, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: key}})
+	attrs, err := getElemAttrs(table, set, key)
 	if err != nil {
 		return vmapElem{}, false, err
 	}
-	elem, err := netlink.MarshalAttributes([]netlink.Attribute{
-		{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_KEY, Data: keyAttr},
-	})
-	if err != nil {
-		return vmapElem{}, false, err
-	}
-	list, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: elem}})
-	if err != nil {
-		return vmapElem{}, false, err
-	}
-	msgs, err := r.request(unix.NFT_MSG_GETSETELEM, false, []netlink.Attribute{
-		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstr(table)},
-		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(set)},
-		{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: list},
-	})
+	msgs, err := r.request(unix.NFT_MSG_GETSETELEM, false, attrs)
 	if ok, err := found(err); !ok || err != nil {
 		return vmapElem{}, false, err
 	}
@@ -109,6 +107,29 @@ func (r *nftReader) element(table, set string, key []byte) (e vmapElem, ok bool,
 		return vmapElem{}, false, fmt.Errorf("get element of %s: got %d elements, want 1", set, len(elems))
 	}
 	return elems[0], true, nil
+}
+
+// getElemAttrs asks for the element of set with key.
+func getElemAttrs(table, set string, key []byte) ([]netlink.Attribute, error) {
+	keyAttr, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_DATA_VALUE, Data: key}})
+	if err != nil {
+		return nil, err
+	}
+	elem, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_KEY, Data: keyAttr},
+	})
+	if err != nil {
+		return nil, err
+	}
+	list, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM, Data: elem}})
+	if err != nil {
+		return nil, err
+	}
+	return []netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(set)},
+		{Type: unix.NLA_F_NESTED | unix.NFTA_SET_ELEM_LIST_ELEMENTS, Data: list},
+	}, nil
 }
 
 // elements dumps the verdict map set; an absent table or map has none.
@@ -176,6 +197,9 @@ func decodeElems(msgs []netlink.Message) ([]vmapElem, error) {
 							case unix.NFTA_SET_ELEM_DATA:
 								el.Nested(func(d *netlink.AttributeDecoder) error {
 									for d.Next() {
+										if d.Type() == unix.NFTA_DATA_VALUE {
+											e.data = d.Bytes()
+										}
 										if d.Type() == unix.NFTA_DATA_VERDICT {
 											d.Nested(func(v *netlink.AttributeDecoder) error {
 												for v.Next() {
@@ -189,6 +213,8 @@ func decodeElems(msgs []netlink.Message) ([]vmapElem, error) {
 									}
 									return nil
 								})
+							case unix.NFTA_SET_ELEM_USERDATA:
+								e.comment, _ = userdata.GetString(el.Bytes(), userdata.NFTNL_UDATA_SET_ELEM_COMMENT)
 							}
 						}
 						return nil

@@ -5,6 +5,7 @@ import (
 	"net"
 	"strings"
 
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 )
@@ -20,27 +21,40 @@ func nftRuleText(exprs []expr.Any) string {
 		regs  = map[uint32]string{} // register -> what it holds
 		masks = map[uint32][]byte{} // register -> mask applied to it
 		proto string                // "ip" or "ip6" once nfproto is matched
+		// loads since the last expression that used registers: the
+		// fields of a concatenated lookup key ("meta l4proto . th dport").
+		loads []string
 	)
+	load := func(reg uint32, what string) {
+		regs[reg] = what
+		delete(masks, reg)
+		loads = append(loads, what)
+	}
 	for _, e := range exprs {
 		switch e := e.(type) {
 		case *expr.Meta:
 			if e.SourceRegister {
-				words = append(words, fmt.Sprintf("meta set %d", e.Key))
+				words = append(words, metaText(e.Key)+" set "+regs[e.Register])
+				loads = nil
 				break
 			}
-			if e.Key == expr.MetaKeyNFPROTO {
-				regs[e.Register] = "meta nfproto"
-			} else {
-				regs[e.Register] = fmt.Sprintf("meta key%d", e.Key)
-			}
-			delete(masks, e.Register)
+			load(e.Register, metaText(e.Key))
 		case *expr.Payload:
-			regs[e.DestRegister] = payloadText(proto, e)
-			delete(masks, e.DestRegister)
+			load(e.DestRegister, payloadText(proto, e))
+		case *expr.Fib:
+			load(e.Register, fibText(e))
 		case *expr.Bitwise:
-			regs[e.DestRegister] = regs[e.SourceRegister]
-			masks[e.DestRegister] = e.Mask
+			src := regs[e.SourceRegister]
+			if strings.HasSuffix(src, "addr") {
+				regs[e.DestRegister] = src
+				masks[e.DestRegister] = e.Mask
+			} else {
+				// A mark or other integer: show the operation itself.
+				regs[e.DestRegister] = fmt.Sprintf("%s & 0x%x ^ 0x%x", src, e.Mask, e.Xor)
+				delete(masks, e.DestRegister)
+			}
 		case *expr.Cmp:
+			loads = nil
 			what, val := regs[e.Register], ""
 			switch {
 			case what == "meta nfproto" && len(e.Data) == 1 && e.Data[0] == unix.NFPROTO_IPV4:
@@ -53,6 +67,10 @@ func nftRuleText(exprs []expr.Any) string {
 					ones, _ := net.IPMask(m).Size()
 					val = fmt.Sprintf("%s/%d", val, ones)
 				}
+			case strings.HasSuffix(what, "ifname"):
+				val = fmt.Sprintf("%q", strings.TrimRight(string(e.Data), "\x00"))
+			case strings.HasPrefix(what, "fib ") && len(e.Data) == 4 && binaryutil.NativeEndian.Uint32(e.Data) == unix.RTN_LOCAL:
+				val = "local"
 			default:
 				val = fmt.Sprintf("0x%x", e.Data)
 			}
@@ -62,10 +80,23 @@ func nftRuleText(exprs []expr.Any) string {
 			if e.Invert {
 				op = "!= @"
 			}
-			if e.IsDestRegSet && e.DestRegister == 0 {
+			switch {
+			case e.IsDestRegSet && e.DestRegister == 0:
 				op = "vmap @"
+			case e.IsDestRegSet:
+				op = "map @"
 			}
-			words = append(words, regs[e.SourceRegister], op+e.SetName)
+			key := regs[e.SourceRegister]
+			if len(loads) > 1 {
+				key = strings.Join(loads, " . ")
+			}
+			loads = nil
+			words = append(words, key, op+e.SetName)
+			if e.IsDestRegSet && e.DestRegister != 0 {
+				words = append(words, fmt.Sprintf("=> reg %d", e.DestRegister))
+			}
+		case *expr.NAT:
+			words = append(words, natText(e))
 		case *expr.Verdict:
 			words = append(words, verdictText(e.Kind, e.Chain))
 		case *expr.Masq:
@@ -94,7 +125,85 @@ func payloadText(proto string, p *expr.Payload) string {
 			return "ip6 daddr"
 		}
 	}
+	if p.Base == expr.PayloadBaseTransportHeader && p.Len == 2 {
+		switch p.Offset {
+		case 0:
+			return "th sport"
+		case 2:
+			return "th dport"
+		}
+	}
 	return fmt.Sprintf("payload(base %d, offset %d, len %d)", p.Base, p.Offset, p.Len)
+}
+
+// metaText names the meta keys plumb uses ("meta key<N>" for others).
+func metaText(k expr.MetaKey) string {
+	switch k {
+	case expr.MetaKeyNFPROTO:
+		return "meta nfproto"
+	case expr.MetaKeyL4PROTO:
+		return "meta l4proto"
+	case expr.MetaKeyMARK:
+		return "meta mark"
+	case expr.MetaKeyIIFNAME:
+		return "meta iifname"
+	case expr.MetaKeyOIFNAME:
+		return "meta oifname"
+	}
+	return fmt.Sprintf("meta key%d", k)
+}
+
+// fibText is "fib daddr type" and the like.
+func fibText(f *expr.Fib) string {
+	w := "fib"
+	for _, flag := range []struct {
+		on   bool
+		name string
+	}{{f.FlagSADDR, "saddr"}, {f.FlagDADDR, "daddr"}, {f.FlagMARK, "mark"}, {f.FlagIIF, "iif"}, {f.FlagOIF, "oif"}} {
+		if flag.on {
+			w += " " + flag.name
+		}
+	}
+	switch {
+	case f.ResultADDRTYPE:
+		w += " type"
+	case f.ResultOIF:
+		w += " oif"
+	case f.ResultOIFNAME:
+		w += " oifname"
+	}
+	return w
+}
+
+// natText shows a NAT statement with the registers it reads (the registers a
+// map lookup before it filled): "dnat ip addr reg 1 proto reg 9".
+func natText(n *expr.NAT) string {
+	w := "snat"
+	if n.Type == expr.NATTypeDestNAT {
+		w = "dnat"
+	}
+	switch n.Family {
+	case unix.NFPROTO_IPV4:
+		w += " ip"
+	case unix.NFPROTO_IPV6:
+		w += " ip6"
+	}
+	if n.RegAddrMin != 0 {
+		w += fmt.Sprintf(" addr reg %d", n.RegAddrMin)
+		if n.RegAddrMax != 0 && n.RegAddrMax != n.RegAddrMin {
+			w += fmt.Sprintf("-%d", n.RegAddrMax)
+		}
+	}
+	if n.RegProtoMin != 0 {
+		w += fmt.Sprintf(" proto reg %d", n.RegProtoMin)
+		if n.RegProtoMax != 0 && n.RegProtoMax != n.RegProtoMin {
+			w += fmt.Sprintf("-%d", n.RegProtoMax)
+		}
+	}
+	if n.Random || n.FullyRandom || n.Persistent {
+		w += fmt.Sprintf(" random=%t fully-random=%t persistent=%t", n.Random, n.FullyRandom, n.Persistent)
+	}
+	return w
 }
 
 func cmpOpText(op expr.CmpOp) string {

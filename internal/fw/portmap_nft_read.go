@@ -1,0 +1,125 @@
+package fw
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Single questions about sets, for the port mapper: does an owner's map
+// exist (so its elements can be dumped, or the map deleted, without
+// listing every set), and whose is it (its comment).
+
+// getSet asks for one set of table; ok is false when it (or the table) is
+// absent.
+func (r *nftReader) getSet(table, set string) (msgs []netlink.Message, ok bool, err error) {
+	msgs, err = r.request(unix.NFT_MSG_GETSET, false, []netlink.Attribute{
+		{Type: unix.NFTA_SET_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_SET_NAME, Data: cstr(set)},
+	})
+	ok, err = found(err)
+	return msgs, ok, err
+}
+
+// setExists reports whether set exists in table.
+func (r *nftReader) setExists(table, set string) (bool, error) {
+	_, ok, err := r.getSet(table, set)
+	return ok, err
+}
+
+// elementsOf dumps set; exists is false when it (or the table) is absent.
+func (r *nftReader) elementsOf(table, set string) (elems []vmapElem, exists bool, err error) {
+	msgs, err := r.request(unix.NFT_MSG_GETSETELEM, true, []netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(set)},
+	})
+	if exists, err = found(err); !exists || err != nil {
+		return nil, exists, err
+	}
+	elems, err = decodeElems(msgs)
+	return elems, true, err
+}
+
+// setComment is the comment of set; ok is false when the set is absent or
+// has none.
+func (r *nftReader) setComment(table, set string) (comment string, ok bool, err error) {
+	msgs, ok, err := r.getSet(table, set)
+	if err != nil || !ok {
+		return "", false, err
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := newDecoder(m.Data[4:])
+		if err != nil {
+			return "", false, err
+		}
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_SET_USERDATA {
+				comment, ok = userdata.GetString(ad.Bytes(), userdata.NFTNL_UDATA_SET_COMMENT)
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return "", false, err
+		}
+	}
+	return comment, ok, nil
+}
+
+// elemQuery names one element: the set and the key.
+type elemQuery struct {
+	set string
+	key []byte
+}
+
+// lookupChunk requests go out in one sendmsg: the kernel queues a reply for
+// each before they are read, and the socket's receive buffer must hold them.
+const lookupChunk = 64
+
+// lookupElements looks up many elements of table with one sendmsg per
+// lookupChunk of them (the kernel answers each request with its own
+// message, in order: the element, or an error). nil stands for absent.
+func (r *nftReader) lookupElements(table string, qs []elemQuery) ([]*vmapElem, error) {
+	out := make([]*vmapElem, len(qs))
+	for start := 0; start < len(qs); start += lookupChunk {
+		batch := qs[start:min(len(qs), start+lookupChunk)]
+		msgs := make([]netlink.Message, len(batch))
+		for i, q := range batch {
+			attrs, err := getElemAttrs(table, q.set, q.key)
+			if err != nil {
+				return nil, err
+			}
+			if msgs[i], err = nftMessage(unix.NFPROTO_INET, unix.NFT_MSG_GETSETELEM, false, attrs); err != nil {
+				return nil, err
+			}
+		}
+		sent, err := r.c.SendMessages(msgs)
+		if err != nil {
+			return nil, noNFTables(err)
+		}
+		for i := range batch {
+			replies, err := r.c.Receive()
+			if ok, err := found(err); err != nil {
+				return nil, fmt.Errorf("look up an element of %s: %w", batch[i].set, err)
+			} else if !ok {
+				continue
+			}
+			if len(replies) != 1 || replies[0].Header.Sequence != sent[i].Header.Sequence {
+				return nil, errors.New("look up elements: replies out of order")
+			}
+			elems, err := decodeElems(replies)
+			if err != nil {
+				return nil, err
+			}
+			if len(elems) != 1 {
+				return nil, fmt.Errorf("look up an element of %s: got %d elements, want 1", batch[i].set, len(elems))
+			}
+			out[start+i] = &elems[0]
+		}
+	}
+	return out, nil
+}
