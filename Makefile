@@ -57,6 +57,14 @@ test-clients: deps
 	@bash scripts/clients-setup.sh
 	PLUMB_TEST_CLIENTS=1 $(GO) test -count=1 -timeout 8m -v ./clients/
 
+# bench: plumb against the reference plugins (root; throwaway namespaces only;
+# ~13 minutes). BENCH_FLAGS=-quick for a short try; flags: go run ./bench -h.
+# Prints the table and writes bench/results/<date>-<host>.json.
+BENCH_FLAGS ?=
+.PHONY: bench
+bench: deps
+	$(GO) run ./bench $(BENCH_FLAGS)
+
 install: build
 	install -d $(DESTDIR)$(CNI_BIN)
 	install -m 0755 $(BIN)/* $(DESTDIR)$(CNI_BIN)/
