@@ -14,13 +14,14 @@ HOST=plumb-demo-host-$$
 EXT=plumb-demo-ext-$$
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$HOST" 2>/dev/null || true
   ip netns del "$EXT" 2>/dev/null || true
   rm -rf "$T"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM   # runs cleanup through the EXIT trap
 
 # Everything plumb does happens inside $HOST, the demo's stand-in for a host.
 inhost() { nsenter --net=/run/netns/"$HOST" "$@"; }
@@ -49,7 +50,8 @@ NET=$T/plumb.conflist
 grep -q '"portmap"' "$NET" || fail "conf/10-plumb.conflist has no portmap plugin"
 
 say "Starting container web: a web server on port 80, published on the host as 8080"
-plumbv run --net "$NET" --name plumb-demo-web -p 8080:80 -- "$BIN/demohttp" serve :80 &
+# nsenter execs plumb in place, so $! is plumb itself (a background job ignores SIGINT: stop it with SIGTERM)
+nsenter --net=/run/netns/"$HOST" "$BIN/plumb" run --cni-path "$BIN" --cache-dir "$T/cache" --net "$NET" --name plumb-demo-web -p 8080:80 -- "$BIN/demohttp" serve :80 &
 pids+=($!)
 WEB=""
 for _ in $(seq 50); do
@@ -82,7 +84,7 @@ say "What plumb created for the network (plumb inspect)"
 plumbv inspect "$NET"
 
 say "Stopping web: plumb detaches it and removes its namespace"
-kill -INT "${pids[0]}"
+kill -TERM "${pids[0]}"
 wait "${pids[0]}" || true
 pids=("${pids[@]:1}")
 

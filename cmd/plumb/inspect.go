@@ -48,7 +48,7 @@ func (inv *inventory) leaked() []*ownerState {
 // reservations, and masquerade rules of network, and marks owners the
 // libcni cache does not know as leaked.
 func (e *env) takeInventory(ctx context.Context, ni *netInfo) (*inventory, error) {
-	inv := &inventory{Network: ni.Name, Bridges: ni.Bridges}
+	inv := &inventory{Network: ni.Name, Bridges: ni.Bridges, Owners: []*ownerState{}}
 	owners := map[[2]string]*ownerState{}
 	get := func(id, ifname string) *ownerState {
 		k := [2]string{id, ifname}
