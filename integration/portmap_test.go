@@ -564,7 +564,7 @@ func TestPortmapStatusAndBadInput(t *testing.T) {
 			t.Fatalf("%s: STATUS: %v", backend, err)
 		}
 		a := e.add(e.ConfList(p.bridgeNet.conflist("1.1.0")), "ctr-pmbad-"+backend, testns.NewNS(t))
-		before := ruleset(t)
+		before := strings.Join(rulesetLines(t), "\n") // without counters: traffic moves them
 		for name, maps := range map[string][]string{
 			"host port 0":      {"tcp 0:80"},
 			"port 65536":       {"tcp 65536:80"},
@@ -582,7 +582,7 @@ func TestPortmapStatusAndBadInput(t *testing.T) {
 		if o.Err == nil || o.Err.Code != 7 || !strings.Contains(o.Err.Msg, "no address") {
 			t.Errorf("%s: prevResult without addresses: %s", backend, o)
 		}
-		if after := ruleset(t); after != before {
+		if after := strings.Join(rulesetLines(t), "\n"); after != before {
 			t.Errorf("%s: refused ADDs changed the rules:\n%s\nbefore:\n%s", backend, after, before)
 		}
 	}
