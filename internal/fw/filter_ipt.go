@@ -397,6 +397,9 @@ func (x *IPTFilter) addLocked(ctx context.Context, r filterReq) error {
 // delFilter removes chain and the rules jumping to it. iptables refuses to
 // jump to a missing chain, so when the chain is absent no rule refers to it.
 func (f *iptFamily) delFilter(ctx context.Context, chain string) error {
+	if !f.mayHold("filter", chain) {
+		return nil
+	}
 	t, err := f.dumpFilter(ctx)
 	if err != nil {
 		if iptUnavailable(err) {

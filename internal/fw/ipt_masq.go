@@ -438,6 +438,9 @@ func (m *IPTMasq) DelMasq(ctx context.Context, owner Owner, ips []net.IP) error 
 // there is nothing to do; the same holds for a family whose nat table
 // cannot be used at all.
 func (f *iptFamily) del(ctx context.Context, chain string) error {
+	if !f.mayHold("nat", chain) {
+		return nil
+	}
 	_, exists, err := f.listChain(ctx, chain)
 	if err != nil {
 		if iptUnavailable(err) {

@@ -79,13 +79,18 @@ func (r *nftReader) tableExists(table string) (bool, error) {
 	return found(err)
 }
 
-// chainExists reports whether chain exists in table.
-func (r *nftReader) chainExists(table, chain string) (bool, error) {
-	_, err := r.request(unix.NFT_MSG_GETCHAIN, false, []netlink.Attribute{
+// chainExistsIn reports whether chain exists in table of a family.
+func (r *nftReader) chainExistsIn(family byte, table, chain string) (bool, error) {
+	_, err := r.requestFamily(family, unix.NFT_MSG_GETCHAIN, false, []netlink.Attribute{
 		{Type: unix.NFTA_CHAIN_TABLE, Data: cstr(table)},
 		{Type: unix.NFTA_CHAIN_NAME, Data: cstr(chain)},
 	})
 	return found(err)
+}
+
+// chainExists reports whether chain exists in table.
+func (r *nftReader) chainExists(table, chain string) (bool, error) {
+	return r.chainExistsIn(unix.NFPROTO_INET, table, chain)
 }
 
 // element looks up key in the verdict map set; ok is false when the table,

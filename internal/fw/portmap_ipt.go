@@ -553,6 +553,9 @@ func (m *IPTPorts) DelPorts(ctx context.Context, owner Owner) ([]PortMapping, er
 // refuses to jump to a missing chain, so when the chain is absent nothing
 // refers to it.
 func (f *iptFamily) pmDel(ctx context.Context, chain string, conds []string, comment string) ([]portMap, error) {
+	if !f.mayHold("nat", chain) {
+		return nil, nil
+	}
 	own, exists, err := f.pmList(ctx, "nat", chain)
 	if err != nil {
 		if iptUnavailable(err) {
