@@ -19,8 +19,8 @@ const (
 	CodeInvalidConfig       uint = types.ErrInvalidNetworkConfig
 	CodeInvalidNetNS        uint = types.ErrInvalidNetNS
 	CodeTryAgainLater       uint = types.ErrTryAgainLater
-	CodeNotAvailable        uint = types.ErrPluginNotAvailable
-	CodeLimited             uint = types.ErrLimitedConnectivity
+	CodeNotAvailable        uint = 50 // types.ErrPluginNotAvailable in newer libraries
+	CodeLimited             uint = 51 // types.ErrLimitedConnectivity
 	CodeInternal            uint = types.ErrInternal
 
 	// CodeExhausted: no free address left in a range set.
