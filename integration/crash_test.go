@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -62,11 +63,27 @@ func crashBuild(t *testing.T) string {
 func crashChain(t *testing.T, dataDir, backend string) *libcni.NetworkConfigList {
 	bn := bridgeNet{Name: "crash-" + backend, Bridge: "plcrash" + backend[:3], Subnet4: "10.80.0.0/24", Subnet6: "fd00:80::/64", DataDir: dataDir,
 		Extra: map[string]any{"ipMasq": true, "ipMasqBackend": backend, "macspoofchk": true}}
-	l, err := libcni.ConfListFromBytes([]byte(bn.conflist("1.1.0")))
+	// The chain: bridge (with host-local), then portmap publishing two
+	// ports, one on 127.0.0.1 so route_localnet is part of it.
+	var raw map[string]any
+	json.Unmarshal([]byte(bn.conflist("1.1.0")), &raw)
+	raw["plugins"] = append(raw["plugins"].([]any), map[string]any{"type": "portmap", "backend": backend,
+		"capabilities": map[string]bool{"portMappings": true}})
+	b, _ := json.Marshal(raw)
+	l, err := libcni.ConfListFromBytes(b)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// publish asks portmap for a TCP port on every host address and a UDP port
+// on 127.0.0.1, so the crash points cover conntrack and route_localnet.
+func publish(port int) map[string]any {
+	return map[string]any{"portMappings": []map[string]any{
+		{"hostPort": port, "containerPort": 80, "protocol": "tcp"},
+		{"hostPort": port + 1, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"},
+	}}
 }
 
 // tracePoints runs one ADD and DEL with tracing and returns the steps seen.
@@ -75,7 +92,7 @@ func tracePoints(t *testing.T, c *libcni.CNIConfig, l *libcni.NetworkConfigList)
 	trace := filepath.Join(t.TempDir(), "trace")
 	t.Setenv("PLUMB_CRASH_TRACE", trace)
 	n := testns.NewNS(t)
-	rt := &libcni.RuntimeConf{ContainerID: "ctr-trace", NetNS: n.Path(), IfName: "eth0"}
+	rt := &libcni.RuntimeConf{ContainerID: "ctr-trace", NetNS: n.Path(), IfName: "eth0", CapabilityArgs: publish(19000)}
 	if _, err := c.AddNetworkList(ctxBG, l, rt); err != nil {
 		t.Fatalf("traced ADD: %v", err)
 	}
@@ -193,7 +210,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			for i, cc := range cases {
 				id := fmt.Sprintf("ctr-crash-%d", i)
 				n := testns.NewRemovable(t)
-				rt := &libcni.RuntimeConf{ContainerID: id, NetNS: n.Path(), IfName: "eth0"}
+				rt := &libcni.RuntimeConf{ContainerID: id, NetNS: n.Path(), IfName: "eth0", CapabilityArgs: publish(20000 + 2*i)}
 				baseline := rulesetLines(t)
 				if cc.verb == "DEL" {
 					if _, err := c.AddNetworkList(ctxBG, l, rt); err != nil {

@@ -11,6 +11,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/plumbnet/plumb/internal/cniplugin"
+	"github.com/plumbnet/plumb/internal/crashpoint"
 	"github.com/plumbnet/plumb/internal/fw"
 )
 
@@ -113,6 +114,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	if err := m.AddPorts(ctx, rule); err != nil {
 		return nil, codeOf(err)
 	}
+	crashpoint.Here("portmap.add.rules")
 	// After the rules: they include the guard against 127/8 from outside,
 	// which must be in place before route_localnet lets such packets in.
 	if ip := localnetIP(rule); ip != nil {
@@ -123,6 +125,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 			}
 			return nil, err
 		}
+		crashpoint.Here("portmap.add.localnet")
 	}
 	p.flushUDP(rule.Mappings)
 	return prev, nil
@@ -162,6 +165,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("remove published ports (%s) of %s: %w", b, args.ContainerID, err))
 		}
+		crashpoint.Here("portmap.del." + b)
 		removed = append(removed, got...)
 	}
 	p.flushUDP(removed)
