@@ -31,7 +31,7 @@ deps:
 test: deps build lint
 	@rm -f $(SUMMARY)
 	PLUMB_TEST_SUMMARY=$(SUMMARY) $(GO) test -count=1 -timeout 12m ./...
-	@FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh | tee -a $(SUMMARY) | tail -1
+	@bash -o pipefail -c 'FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh | tee -a $(SUMMARY) | tail -1' || { grep -v ': [0-9]* inputs, no failure' $(SUMMARY) | tail -20; exit 1; }
 	@echo; echo "== test summary"; grep -v '^fuzz: .*: ' $(SUMMARY) || true
 
 # fuzz runs every fuzz target; FUZZTIME=5m for a long run.
