@@ -259,3 +259,46 @@ func TestPlumbDoctor(t *testing.T) {
 		})
 	}
 }
+
+// TestPlumbInspectAllRules: inspect groups masquerade, published-port and
+// firewall chains under their attachment, marks them leaked when the
+// runtime forgets it, and plumb gc removes them.
+func TestPlumbInspectAllRules(t *testing.T) {
+	NewEnv(t)
+	for _, backend := range []string{"nftables", "iptables"} {
+		t.Run(backend, func(t *testing.T) {
+			c := &cliEnv{t: t, netDir: t.TempDir(), dataDir: t.TempDir(), cacheDir: t.TempDir()}
+			conf := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"insp","plugins":[
+			  {"type":"bridge","bridge":"plinsp","isGateway":true,"ipMasq":true,"ipMasqBackend":%[1]q,
+			   "ipam":{"type":"host-local","dataDir":%[2]q,"subnet":"10.85.0.0/24"}},
+			  {"type":"portmap","backend":%[1]q,"capabilities":{"portMappings":true}},
+			  {"type":"firewall","backend":%[1]q}]}`, backend, c.dataDir)
+			os.WriteFile(filepath.Join(c.netDir, "insp.conflist"), []byte(conf), 0o600)
+			n := testns.NewNS(t)
+			if _, errOut, code := c.plumb("add", "--cap", `{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}`, "insp", n.Path()); code != 0 {
+				t.Fatal(errOut)
+			}
+			out, _, _ := c.plumb("inspect", "insp")
+			for _, want := range []string{"masquerade chain", "published ports chain", "firewall chain", "address 10.85.0.2"} {
+				if !strings.Contains(out, want) {
+					t.Fatalf("inspect lacks %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(out, "LEAKED") {
+				t.Fatalf("a live attachment marked leaked:\n%s", out)
+			}
+			c.cacheDir = t.TempDir() // the runtime forgot it
+			out, _, _ = c.plumb("inspect", "insp")
+			if !strings.Contains(out, "LEAKED") || !strings.Contains(out, "published ports chain") {
+				t.Fatalf("inspect after the cache was lost:\n%s", out)
+			}
+			if _, errOut, code := c.plumb("gc", "insp"); code != 0 {
+				t.Fatal(errOut)
+			}
+			out, _, _ = c.plumb("inspect", "insp")
+			if strings.Contains(out, "chain") || strings.Contains(out, "address") {
+				t.Fatalf("left after gc:\n%s", out)
+			}
+		})
+	}
+}

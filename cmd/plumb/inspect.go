@@ -45,7 +45,7 @@ func (inv *inventory) leaked() []*ownerState {
 }
 
 // takeInventory gathers veths (by their owner alias), host-local
-// reservations, and masquerade rules of network, and marks owners the
+// reservations, and masquerade, port-publishing and firewall chains of network, and marks owners the
 // libcni cache does not know as leaked.
 func (e *env) takeInventory(ctx context.Context, ni *netInfo) (*inventory, error) {
 	inv := &inventory{Network: ni.Name, Bridges: ni.Bridges, Owners: []*ownerState{}}
@@ -107,8 +107,9 @@ func (e *env) takeInventory(ctx context.Context, ni *netInfo) (*inventory, error
 			rules = append(rules, got...)
 		}
 	}
+	rules = append(rules, fw.InspectChains(ctx, ni.Name)...)
 	for _, r := range rules {
-		text := fmt.Sprintf("%s %s chain %s %s", r.Backend, r.What, r.Object, strings.Join(r.Addrs, ","))
+		text := strings.TrimSpace(fmt.Sprintf("%s %s chain %s %s", r.Backend, r.What, r.Object, strings.Join(r.Addrs, ",")))
 		matched := false
 		for _, o := range owners {
 			if r.OwnedBy(fw.Owner{Network: ni.Name, ContainerID: o.ContainerID, IfName: o.IfName}) {

@@ -99,3 +99,47 @@ func sortedOwned(m map[string]*Owned) []Owned {
 	sort.Slice(out, func(i, j int) bool { return out[i].Object < out[j].Object })
 	return out
 }
+
+// InspectChains lists the per-owner port-publishing and firewall chains of
+// network in both backends (masquerade has its own Inspect, with
+// addresses). One netlink dump, and one iptables listing per table where
+// iptables exists.
+func InspectChains(ctx context.Context, network string) []Owned {
+	byChain := map[string]*Owned{}
+	add := func(backend, what, prefix, name string) {
+		if h, ok := strings.CutPrefix(name, prefix); ok {
+			byChain[backend+" "+name] = &Owned{Backend: backend, What: what, Object: name, OwnerHash: h}
+		}
+	}
+	if c, err := nftables.New(); err == nil {
+		if chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet); err == nil {
+			for _, ch := range chains {
+				switch ch.Table.Name {
+				case pmTable:
+					add("nftables", "published ports", pmNetPrefix(network), ch.Name)
+				case fltNFTTable:
+					add("nftables", "firewall", fltNFTNetPrefix(network), ch.Name)
+				}
+			}
+		}
+	}
+	if m, err := NewIPTMasq(); err == nil {
+		for _, f := range m.available() {
+			lib, err := f.library()
+			if err != nil {
+				continue
+			}
+			if chains, err := lib.ListChains("nat"); err == nil {
+				for _, ch := range chains {
+					add("iptables", "published ports", iptPMNetPrefix(network), ch)
+				}
+			}
+			if chains, err := lib.ListChains("filter"); err == nil {
+				for _, ch := range chains {
+					add("iptables", "firewall", fltIPTNetPrefix(network), ch)
+				}
+			}
+		}
+	}
+	return sortedOwned(byChain)
+}
