@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -22,10 +23,17 @@ func TestParallelChain(t *testing.T) {
 			e := NewEnv(t)
 			bn := bridgeNet{Name: "par-" + backend, Bridge: fmt.Sprintf("plpar%d", i), Subnet4: fmt.Sprintf("10.%d.0.0/16", 81+i), DataDir: t.TempDir(),
 				Extra: map[string]any{"ipMasq": true, "ipMasqBackend": backend}}
-			l := e.ConfList(bn.conflist("1.1.0"))
+			// bridge + host-local + portmap: each container publishes its own port.
+			var raw map[string]any
+			json.Unmarshal([]byte(bn.conflist("1.1.0")), &raw)
+			raw["plugins"] = append(raw["plugins"].([]any), map[string]any{"type": "portmap", "backend": backend,
+				"capabilities": map[string]bool{"portMappings": true}})
+			conf, _ := json.Marshal(raw)
+			l := e.ConfList(string(conf))
 			rts := make([]*libcni.RuntimeConf, n)
 			for j := range rts {
-				rts[j] = &libcni.RuntimeConf{ContainerID: fmt.Sprintf("ctr-par-%d", j), NetNS: testns.NewNS(t).Path(), IfName: "eth0"}
+				rts[j] = &libcni.RuntimeConf{ContainerID: fmt.Sprintf("ctr-par-%d", j), NetNS: testns.NewNS(t).Path(), IfName: "eth0",
+					CapabilityArgs: map[string]any{"portMappings": []map[string]any{{"hostPort": 31000 + j, "containerPort": 80, "protocol": "tcp"}}}}
 			}
 			ips := make([]string, n)
 			errs := parallel(n, func(j int) error {
@@ -42,7 +50,12 @@ func TestParallelChain(t *testing.T) {
 				}
 			}
 			seen := map[string]bool{}
-			rs := ruleset(t)
+			rs := strings.Join(rulesetLines(t), "\n") // no counters: their numbers could look like ports
+			for j := range rts {
+				if !strings.Contains(rs, fmt.Sprint(31000+j)) {
+					t.Errorf("no rule publishes port %d after ADD", 31000+j)
+				}
+			}
 			for _, ip := range ips {
 				if seen[ip] {
 					t.Errorf("address %s handed out twice", ip)
@@ -57,7 +70,12 @@ func TestParallelChain(t *testing.T) {
 					t.Errorf("DEL %d: %v", j, err)
 				}
 			}
-			rs = ruleset(t)
+			rs = strings.Join(rulesetLines(t), "\n")
+			for j := range rts {
+				if strings.Contains(rs, fmt.Sprint(31000+j)) {
+					t.Errorf("port %d still published after DEL", 31000+j)
+				}
+			}
 			for _, ip := range ips {
 				if ip != "" && (strings.Contains(rs, ip+" ") || strings.Contains(rs, ip+"/")) {
 					t.Errorf("rule for %s left after DEL", ip)
@@ -67,7 +85,7 @@ func TestParallelChain(t *testing.T) {
 				t.Errorf("reservations left: %v", left)
 			}
 			if !t.Failed() {
-				testns.Summary("concurrency: %d parallel chain ADDs then DELs (%s): all succeeded, 0 duplicate addresses, 0 rules left", n, backend)
+				testns.Summary("concurrency: %d parallel ADDs then DELs of bridge+host-local+portmap (%s): all succeeded, 0 duplicate addresses, 0 rules left", n, backend)
 			}
 		})
 	}
