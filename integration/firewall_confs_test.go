@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/plumbnet/plumb/internal/testns"
 )
@@ -40,7 +41,8 @@ func builtOnly(t *testing.T, list *libcni.NetworkConfigList) *libcni.NetworkConf
 // TestFirewallRuntimeConfs runs the conflists podman 4 and nerdctl write
 // (conf/podman-*.conflist, conf/nerdctl-*.conflist) on a host whose FORWARD
 // policy is DROP: two containers reach each other, the gateway and the
-// outside, CHECK passes, and DEL leaves none of their filter rules.
+// outside, a third's published port answers the external peer (and stops
+// after its DEL), CHECK passes, and DEL leaves none of their filter rules.
 func TestFirewallRuntimeConfs(t *testing.T) {
 	var files []string
 	for _, pattern := range []string{"podman-*.conflist", "nerdctl-*.conflist"} {
@@ -70,6 +72,25 @@ func TestFirewallRuntimeConfs(t *testing.T) {
 			mustReach(t, a.NS, srv)
 			gw := listenTCP(t, nil, net.JoinHostPort(a.Res.IPs[0].Gateway.String(), "0"))
 			mustReach(t, a.NS, gw)
+			// A published port, reached from the external peer through the host.
+			pn := testns.NewNS(t)
+			prt := &libcni.RuntimeConf{ContainerID: "ctr-pub", NetNS: pn.Path(), IfName: "eth0",
+				CapabilityArgs: map[string]any{"portMappings": []map[string]any{{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}}}}
+			r, err := e.CNI.AddNetworkList(e.Ctx(), list, prt)
+			if err != nil {
+				t.Fatalf("ADD with a published port: %v", err)
+			}
+			pres, _ := current.NewResultFromResult(r)
+			listenTCP(t, pn, net.JoinHostPort(pres.IPs[0].Address.IP.String(), "80"))
+			if src := mustReach(t, ext, "192.0.2.1:18080"); src != "192.0.2.2" {
+				t.Fatalf("published port: the container saw %s, want the external peer 192.0.2.2", src)
+			}
+			if err := e.CNI.DelNetworkList(e.Ctx(), list, prt); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := dialTCP(ext, "192.0.2.1:18080"); err == nil {
+				t.Fatal("the port is still published after DEL")
+			}
 			for _, at := range []*attachment{a, b} {
 				if err := e.CNI.CheckNetworkList(e.Ctx(), list, at.RT); err != nil {
 					t.Fatalf("CHECK: %v", err)
