@@ -146,13 +146,19 @@ func (f *Fake) GCMasq(ctx context.Context, network string, keep []Owner) error {
 		return f.Err
 	}
 	f.init()
+	gcFake(f.owners, func(o fakeOwner) Owner { return o.owner }, network, keep, f.remove)
+	return nil
+}
+
+// gcFake calls drop for every owner of network the fakes hold whose hash
+// is not kept (matched by container ID and interface).
+func gcFake[V any](owners map[string]V, ownerOf func(V) Owner, network string, keep []Owner, drop func(h string)) {
 	kept := keepHashes(inNetwork(network, keep))
-	for h, o := range f.owners {
-		if o.owner.Network == network && !kept[h] {
-			f.remove(h)
+	for h, v := range owners {
+		if ownerOf(v).Network == network && !kept[h] {
+			drop(h)
 		}
 	}
-	return nil
 }
 
 // Dump is the state as sorted text, one line per owner then one per

@@ -132,12 +132,7 @@ func (f *FakeFilter) GCFilter(ctx context.Context, network string, keep []Owner)
 		return f.Err
 	}
 	f.init()
-	kept := keepHashes(inNetwork(network, keep))
-	for h, r := range f.owners {
-		if r.owner.Network == network && !kept[h] {
-			f.drop(h)
-		}
-	}
+	gcFake(f.owners, func(r filterReq) Owner { return r.owner }, network, keep, f.drop)
 	return nil
 }
 

@@ -157,12 +157,7 @@ func (f *FakePorts) GCPorts(ctx context.Context, network string, keep []Owner) e
 		return f.Err
 	}
 	f.init()
-	kept := keepHashes(inNetwork(network, keep))
-	for h, o := range f.owners {
-		if o.owner.Network == network && !kept[h] {
-			f.remove(h)
-		}
-	}
+	gcFake(f.owners, func(o fakePortOwner) Owner { return o.owner }, network, keep, func(h string) { f.remove(h) })
 	return nil
 }
 
