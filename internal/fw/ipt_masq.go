@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"sort"
 	"strings"
 	"sync"
 
@@ -480,26 +481,38 @@ func (m *IPTMasq) GCMasq(ctx context.Context, network string, keep []Owner) erro
 	return errors.Join(errs...)
 }
 
-func (f *iptFamily) gc(ctx context.Context, prefix string, kept map[string]bool) error {
+// staleChains lists, sorted, the nat chains named with prefix that are not
+// kept: the owner chains GC removes. None when the table cannot be used.
+func (f *iptFamily) staleChains(prefix string, kept map[string]bool) ([]string, error) {
 	lib, err := f.library()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	chains, err := lib.ListChains("nat")
 	if err != nil {
 		if iptUnavailable(err) {
-			return nil
+			return nil, nil
 		}
-		return fmt.Errorf("list nat chains: %w", err)
+		return nil, fmt.Errorf("list nat chains: %w", err)
 	}
-	doomed := map[string]bool{}
+	var stale []string
 	for _, c := range chains {
 		if strings.HasPrefix(c, prefix) && !kept[c] {
-			doomed[c] = true
+			stale = append(stale, c)
 		}
 	}
-	if len(doomed) == 0 {
-		return nil
+	sort.Strings(stale)
+	return stale, nil
+}
+
+func (f *iptFamily) gc(ctx context.Context, prefix string, kept map[string]bool) error {
+	stale, err := f.staleChains(prefix, kept)
+	if err != nil || len(stale) == 0 {
+		return err
+	}
+	doomed := map[string]bool{}
+	for _, c := range stale {
+		doomed[c] = true
 	}
 	rules, _, err := f.listChain(ctx, iptMasqChain)
 	if err != nil {

@@ -609,27 +609,10 @@ func (m *IPTPorts) GCPorts(ctx context.Context, network string, keep []Owner) er
 }
 
 func (f *iptFamily) pmGC(ctx context.Context, prefix string, kept map[string]bool) error {
-	lib, err := f.library()
-	if err != nil {
+	doomed, err := f.staleChains(prefix, kept)
+	if err != nil || len(doomed) == 0 {
 		return err
 	}
-	chains, err := lib.ListChains("nat")
-	if err != nil {
-		if iptUnavailable(err) {
-			return nil
-		}
-		return fmt.Errorf("list nat chains: %w", err)
-	}
-	var doomed []string
-	for _, c := range chains {
-		if strings.HasPrefix(c, prefix) && !kept[c] {
-			doomed = append(doomed, c)
-		}
-	}
-	if len(doomed) == 0 {
-		return nil
-	}
-	sort.Strings(doomed)
 	lines, err := f.pmJumpsTo(ctx, doomed...)
 	if err != nil {
 		return err
