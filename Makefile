@@ -22,9 +22,13 @@ build:
 # deps installs what the tests need (iptables, nftables, iproute2) when missing
 # and fetches the Go modules while the uplink is reachable: the tests run in
 # network namespaces that have none.
+REF_HOST_LOCAL = github.com/containernetworking/plugins/plugins/ipam/host-local
+
 deps:
 	@bash scripts/deps.sh
 	$(GO) mod download
+	@# The reference host-local, built by the compatibility tests: fetch its modules too.
+	$(GO) build -o /dev/null $(REF_HOST_LOCAL)
 
 # test prints a summary at the end: crash points tried, parallel operations,
 # fuzz inputs, with their leak and duplicate counts.

@@ -112,7 +112,8 @@ func TestHostLocalReadsReferenceFiles(t *testing.T) {
 
 // TestHostLocalWritesReferenceFormat: what plumb writes, the reference can
 // read: exact file contents, canonical address names, an unterminated
-// last_reserved_ip per range set, and nothing else in the directory.
+// last_reserved_ip per range set, and nothing else in the directory but
+// the owner index.
 func TestHostLocalWritesReferenceFormat(t *testing.T) {
 	h := newHLEnv(t)
 	conf := hostLocal{DataDir: h.DataDir, Ranges: [][]map[string]any{
@@ -130,11 +131,16 @@ func TestHostLocalWritesReferenceFormat(t *testing.T) {
 	var names []string
 	for _, e := range entries {
 		names = append(names, e.Name())
+		// The owner index is plumb's one addition; its name is no address,
+		// so the reference never takes it for a reservation.
+		if e.Name() == ".plumb-owners" && e.IsDir() {
+			continue
+		}
 		if !e.Type().IsRegular() {
 			t.Errorf("%s is not a regular file", e.Name())
 		}
 	}
-	wantNames := []string{"10.10.0.2", "10.10.0.3", "fd00:10::2", "fd00:10::3", "last_reserved_ip.0", "last_reserved_ip.1", "lock"}
+	wantNames := []string{".plumb-owners", "10.10.0.2", "10.10.0.3", "fd00:10::2", "fd00:10::3", "last_reserved_ip.0", "last_reserved_ip.1", "lock"}
 	if !slices.Equal(names, wantNames) {
 		t.Errorf("store directory holds %q, want %q", names, wantNames)
 	}
@@ -162,4 +168,66 @@ func TestHostLocalWritesReferenceFormat(t *testing.T) {
 			t.Errorf("%s = %q, want exactly %q", file, got, want)
 		}
 	}
+}
+
+// TestReferenceHostLocalSharesStore runs the real reference host-local
+// (v1.9.1) and plumb's, turn about, on one store: each finds, keeps and
+// releases what the other wrote, plumb's owner index included.
+func TestReferenceHostLocalSharesStore(t *testing.T) {
+	testns.RequireRoot(t)
+	netnsPath := testns.NewNS(t).Path()
+	dataDir := t.TempDir()
+	conf := hostLocal{DataDir: dataDir}.conf(t, "1.0.0")
+	run := func(plugin, verb, id string) string {
+		t.Helper()
+		o := runPlugin(t, plugin, call{Command: verb, ContainerID: id, Netns: netnsPath, IfName: "eth0", Stdin: conf})
+		if o.Exit != 0 {
+			t.Fatalf("%s %s %s: %s", plugin, verb, id, o)
+		}
+		return string(o.Stdout)
+	}
+	want := map[string]string{}
+	step := func(plugin, verb, id, addr string) {
+		t.Helper()
+		out := run(plugin, verb, id)
+		if verb == "ADD" {
+			if !strings.Contains(out, `"`+addr+`/24"`) {
+				t.Fatalf("%s ADD %s returned %s, want %s", plugin, id, out, addr)
+			}
+			want[addr] = ownerLine(id, "eth0")
+		} else {
+			delete(want, addr)
+		}
+		wantReservations(t, dataDir, want)
+	}
+	step("host-local", "ADD", "p1", "10.10.0.2")
+	step("host-local", "ADD", "p2", "10.10.0.3")
+	// The reference walks into .plumb-owners, reads through the links, and
+	// takes nothing there for a reservation of its own.
+	step(refHostLocal, "ADD", "r1", "10.10.0.4")
+	step(refHostLocal, "DEL", "p1", "10.10.0.2")
+	step("host-local", "ADD", "p3", "10.10.0.5")
+	// plumb finds the reference's reservation although its index never
+	// recorded it.
+	step("host-local", "DEL", "r1", "10.10.0.4")
+	step("host-local", "DEL", "p2", "10.10.0.3")
+	// A re-ADD of p3 by plumb returns its address; the reference refuses one.
+	step("host-local", "ADD", "p3", "10.10.0.5")
+	if o := runPlugin(t, refHostLocal, call{Command: "ADD", ContainerID: "p3", Netns: netnsPath, IfName: "eth0", Stdin: conf}); o.Exit == 0 {
+		t.Errorf("reference ADD of p3, which holds 10.10.0.5: %s, want its duplicate-allocation error", o)
+	}
+	step(refHostLocal, "DEL", "p3", "10.10.0.5")
+	got, err := os.ReadDir(filepath.Join(storeDir(dataDir), ".plumb-owners"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range got {
+		if e.Name() != "stamp" {
+			// An empty owner directory left by the reference's DEL; harmless,
+			// and the next plumb call rebuilds the index (the directory changed).
+			t.Logf("index entry after the reference's DEL: %s", e.Name())
+		}
+	}
+	step("host-local", "ADD", "p4", "10.10.0.6")
+	step("host-local", "DEL", "p4", "10.10.0.6")
 }

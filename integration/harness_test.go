@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
@@ -61,14 +62,24 @@ func buildPlugins(dir string) error {
 	for _, pkg := range pluginPkgs {
 		args = append(args, pkg)
 	}
-	cmd := exec.Command("go", args...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOPROXY=off")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build plugins: %v\n%s", err, out)
+	// The reference host-local too, for the shared-store tests; make deps
+	// has fetched its modules (this namespace has no uplink).
+	for _, a := range [][]string{args, {"build", "-o", filepath.Join(dir, refHostLocal), refHostLocalPkg}} {
+		cmd := exec.Command("go", a...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOPROXY=off")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go %s: %v\n%s", strings.Join(a, " "), err, out)
+		}
 	}
 	return nil
 }
+
+// refHostLocal is the reference host-local's binary name in binDir.
+const (
+	refHostLocal    = "ref-host-local"
+	refHostLocalPkg = "github.com/containernetworking/plugins/plugins/ipam/host-local"
+)
 
 // Env is one test's CNI client: libcni over the built plugins with its own
 // cache directory.

@@ -57,16 +57,28 @@ func (a *Allocator) Get(owner store.Owner, requested net.IP) (*current.IPConfig,
 		}
 	}
 
-	// The spec forbids two addresses of one set for one attachment; the
-	// reference refuses too.
+	// One attachment holds one address per set. A second ADD of the same
+	// attachment gets its address back (a runtime re-ADDs to repair rules
+	// someone flushed); the reference refuses instead. A legacy record
+	// (container ID only) could be any of the container's interfaces, so
+	// it is still refused, as is asking for a different address.
 	held, err := a.store.GetByOwner(owner)
 	if err != nil {
 		return nil, fmt.Errorf("look up addresses of %s: %w", owner, err)
 	}
 	for _, ip := range held {
-		if _, ok := a.set.Contains(ip); ok {
-			return nil, fmt.Errorf("%s has been allocated to %s from range set %s, %w", ip, owner, a.set, ErrAlreadyAllocated)
+		if _, ok := a.set.Contains(ip); !ok {
+			continue
 		}
+		addr, _ := toAddr(ip)
+		rec, _, err := a.store.OwnerOf(ip)
+		if err != nil {
+			return nil, fmt.Errorf("look up the holder of %s: %w", ip, err)
+		}
+		if rec.IfName == owner.IfName && (!want.IsValid() || want == addr) {
+			return p.config(addr), nil
+		}
+		return nil, fmt.Errorf("%s has been allocated to %s from range set %s, %w", ip, owner, a.set, ErrAlreadyAllocated)
 	}
 
 	if want.IsValid() {

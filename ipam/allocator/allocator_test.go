@@ -276,19 +276,27 @@ func TestGetRequested(t *testing.T) {
 	}
 }
 
-func TestGetRefusesDuplicate(t *testing.T) {
+// TestGetDuplicate: a second Get for the same attachment returns its
+// address (re-ADD repairs), asking for another address is refused.
+func TestGetDuplicate(t *testing.T) {
 	forEachStore(t, func(t *testing.T, st store.Store) {
 		v4 := New(set(t, "10.0.0.0/24"), st, 0)
 		v6 := New(set(t, "2001:db8::/64"), st, 1)
 		o := store.Owner{ContainerID: "ctr", IfName: "eth0"}
-		mustGet(t, v4, o, nil)
-		for _, req := range []net.IP{nil, ip("10.0.0.50")} {
-			_, err := v4.Get(o, req)
-			if !errors.Is(err, ErrAlreadyAllocated) {
-				t.Errorf("second Get(requested %v) = %v, want ErrAlreadyAllocated", req, err)
-			} else if want := "10.0.0.2 has been allocated to ctr/eth0"; !strings.Contains(err.Error(), want) {
-				t.Errorf("error %q does not contain %q", err, want)
+		first := mustGet(t, v4, o, nil)
+		for _, req := range []net.IP{nil, ip("10.0.0.2")} {
+			if again := mustGet(t, v4, o, req); again != first {
+				t.Errorf("second Get(requested %v) = %s, want the held %s", req, again, first)
 			}
+		}
+		if got, _ := st.GetByOwner(o); len(got) != 1 {
+			t.Errorf("the owner holds %v after repeated Gets, want one address", got)
+		}
+		_, err := v4.Get(o, ip("10.0.0.50"))
+		if !errors.Is(err, ErrAlreadyAllocated) {
+			t.Errorf("Get(requested another address) = %v, want ErrAlreadyAllocated", err)
+		} else if want := "10.0.0.2 has been allocated to ctr/eth0"; !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not contain %q", err, want)
 		}
 		// Another range set, and another interface of the container, are fine.
 		mustGet(t, v6, o, nil)

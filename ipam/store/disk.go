@@ -46,6 +46,7 @@ type Disk struct {
 	lockPath string
 	unlock   func()   // set while the lock is held
 	dirFile  *os.File // kept open to fsync the directory after changes
+	indexOK  bool     // the owner index matches the directory, this lock hold
 }
 
 var _ Store = (*Disk)(nil)
@@ -114,7 +115,11 @@ func (d *Disk) Lock(ctx context.Context) error {
 		return fmt.Errorf("lock %s: %w", d.lockPath, err)
 	}
 	d.unlock = unlock
-	d.removeTemps()
+	// Only a writer that crashed before restamping leaves temp files, and
+	// then the stamp no longer matches: a clean store costs no listing.
+	if d.indexOK = d.stampValid(); !d.indexOK {
+		d.removeTemps()
+	}
 	return nil
 }
 
@@ -124,6 +129,7 @@ func (d *Disk) Unlock() error {
 		d.unlock()
 		d.unlock = nil
 	}
+	d.indexOK = false
 	return nil
 }
 
@@ -170,8 +176,18 @@ func (d *Disk) Reserve(owner Owner, ip net.IP, rangeID string) (bool, error) {
 		return false, fmt.Errorf("reserve %s in %s: %w", ip, d.dir, err)
 	}
 
+	// The index entry comes first: a crash then leaves an entry without a
+	// reservation, which lookups ignore, never a reservation the index
+	// cannot find.
+	if err := d.ensureIndex(); err != nil {
+		return false, fmt.Errorf("reserve %s in %s: %w", ip, d.dir, err)
+	}
+	if err := d.indexAdd(owner, ip); err != nil {
+		return false, fmt.Errorf("reserve %s in %s: owner index: %w", ip, d.dir, err)
+	}
 	created, err := d.createExclusive(name, owner.ContainerID+lineBreak+owner.IfName)
 	if err != nil || !created {
+		d.indexDel(owner, ip)
 		if err != nil {
 			err = fmt.Errorf("reserve %s in %s: %w", ip, d.dir, err)
 		}
@@ -179,14 +195,19 @@ func (d *Disk) Reserve(owner Owner, ip net.IP, rangeID string) (bool, error) {
 	}
 	// A false/error return must leave no reservation behind, so undo the
 	// link if recording the last IP or making it durable fails.
-	if err := d.replace(lastIPPrefix+rangeID, name); err != nil {
+	undo := func() {
 		_ = os.Remove(path)
+		d.indexDel(owner, ip)
+	}
+	if err := d.replace(lastIPPrefix+rangeID, name); err != nil {
+		undo()
 		return false, fmt.Errorf("reserve %s in %s: record last reserved IP: %w", ip, d.dir, err)
 	}
 	if err := d.dirFile.Sync(); err != nil {
-		_ = os.Remove(path)
+		undo()
 		return false, fmt.Errorf("reserve %s in %s: sync directory: %w", ip, d.dir, err)
 	}
+	d.restampAfterChange()
 	return true, nil
 }
 
@@ -341,17 +362,26 @@ func (d *Disk) GetByOwner(owner Owner) ([]net.IP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get addresses in %s: %w", d.dir, err)
 	}
-	rs, err := d.scan()
+	exact, legacy, err := d.byOwner(owner)
 	if err != nil {
 		return nil, fmt.Errorf("get addresses of %s in %s: %w", owner, d.dir, err)
 	}
-	var ips []net.IP
-	for _, r := range rs {
-		if exactMatch(r.Owner, owner) || legacyMatch(r.Owner, owner) {
-			ips = append(ips, r.IP)
-		}
-	}
+	ips := append(exact, legacy...)
+	sortIPs(ips)
 	return ips, nil
+}
+
+// OwnerOf implements Store.
+func (d *Disk) OwnerOf(ip net.IP) (Owner, bool, error) {
+	ip, err := canonicalIP(ip)
+	if err != nil {
+		return Owner{}, false, fmt.Errorf("owner of address in %s: %w", d.dir, err)
+	}
+	o, ok, err := d.owner(entry{ip: ip, name: ip.String(), regular: true})
+	if err != nil {
+		return Owner{}, false, fmt.Errorf("owner of %s in %s: %w", ip, d.dir, err)
+	}
+	return o, ok, nil
 }
 
 // ReleaseByOwner implements Store: exact records first, legacy ones only
@@ -362,21 +392,15 @@ func (d *Disk) ReleaseByOwner(owner Owner) ([]net.IP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("release addresses in %s: %w", d.dir, err)
 	}
-	rs, err := d.scan()
+	victims, legacy, err := d.byOwner(owner)
 	if err != nil {
 		return nil, fmt.Errorf("release addresses of %s in %s: %w", owner, d.dir, err)
 	}
-	var victims []net.IP
-	for _, match := range []func(rec, q Owner) bool{exactMatch, legacyMatch} {
-		for _, r := range rs {
-			if match(r.Owner, owner) {
-				victims = append(victims, r.IP)
-			}
-		}
-		if len(victims) > 0 {
-			break
-		}
+	key := owner
+	if len(victims) == 0 {
+		victims, key = legacy, Owner{ContainerID: owner.ContainerID}
 	}
+	sortIPs(victims)
 	var released []net.IP
 	var errs []error
 	for _, ip := range victims {
@@ -384,12 +408,14 @@ func (d *Disk) ReleaseByOwner(owner Owner) ([]net.IP, error) {
 			errs = append(errs, fmt.Errorf("release %s of %s in %s: %w", ip, owner, d.dir, err))
 			continue
 		}
+		d.indexDel(key, ip)
 		released = append(released, ip)
 	}
 	if len(released) > 0 {
 		if err := d.dirFile.Sync(); err != nil {
 			errs = append(errs, fmt.Errorf("release addresses of %s in %s: sync directory: %w", owner, d.dir, err))
 		}
+		d.restampAfterChange()
 	}
 	return released, errors.Join(errs...)
 }
@@ -409,11 +435,21 @@ func (d *Disk) Release(ip net.IP) error {
 	if err != nil {
 		return fmt.Errorf("release in %s: %w", d.dir, err)
 	}
+	rec, held, err := d.owner(entry{ip: ip, name: ip.String(), regular: true})
+	if err != nil {
+		held = false // unreadable: remove it all the same; a rebuild fixes the index
+	}
 	if err := d.remove(ip); err != nil {
 		return fmt.Errorf("release %s in %s: %w", ip, d.dir, err)
 	}
+	if held {
+		d.indexDel(rec, ip)
+	}
 	if err := d.dirFile.Sync(); err != nil {
 		return fmt.Errorf("release %s in %s: sync directory: %w", ip, d.dir, err)
+	}
+	if held {
+		d.restampAfterChange()
 	}
 	return nil
 }

@@ -104,6 +104,16 @@ func (m *Memory) GetByOwner(owner Owner) ([]net.IP, error) {
 	return ips, nil
 }
 
+// OwnerOf implements Store.
+func (m *Memory) OwnerOf(ip net.IP) (Owner, bool, error) {
+	ip, err := canonicalIP(ip)
+	if err != nil {
+		return Owner{}, false, fmt.Errorf("owner of address: %w", err)
+	}
+	r, ok := m.res[ip.String()]
+	return r.Owner, ok, nil
+}
+
 // ReleaseByOwner implements Store: exact records first, legacy ones only
 // when there are none (the reference's rule).
 func (m *Memory) ReleaseByOwner(owner Owner) ([]net.IP, error) {

@@ -61,6 +61,8 @@ type Store interface {
 	// not parse.
 	LastReservedIP(rangeID string) (net.IP, error)
 	GetByOwner(owner Owner) ([]net.IP, error)
+	// OwnerOf returns who holds ip; ok is false when nobody does.
+	OwnerOf(ip net.IP) (o Owner, ok bool, err error)
 	// ReleaseByOwner returns what it released; releasing nothing is not an
 	// error.
 	ReleaseByOwner(owner Owner) ([]net.IP, error)
