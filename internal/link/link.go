@@ -137,6 +137,13 @@ func (n *NS) AddVeth(s VethSpec) (netlink.Link, error) {
 		PeerMTU:          uint32(max(s.MTU, 0)),
 	}
 	if err := n.H.LinkAdd(veth); err != nil {
+		// The kernel may have made the pair before refusing the rest of
+		// the request (a bridge with no port left answers EXFULL): delete
+		// it, or the container keeps an interface that blocks every later
+		// ADD. EEXIST means the name was someone else's all along.
+		if !errors.Is(err, unix.EEXIST) {
+			_ = n.Delete(s.HostName)
+		}
 		return nil, fmt.Errorf("create veth %s (peer %s in %s): %w", s.HostName, s.PeerName, s.PeerNS.Path(), err)
 	}
 	host, err := n.H.LinkByName(s.HostName)
