@@ -352,3 +352,17 @@ func TestNewDiskValidation(t *testing.T) {
 		t.Errorf("Dir() = %s", d.Dir())
 	}
 }
+
+// TestDiskTornLastReservedIP: last_reserved_ip is written without fsync, so
+// a power cut can leave it empty; that reads as "none recorded".
+func TestDiskTornLastReservedIP(t *testing.T) {
+	d, _ := newDisk(t, map[string]string{"last_reserved_ip.0": "", "10.0.0.2": "ctr\r\neth0"})
+	last, err := d.LastReservedIP("0")
+	if err != nil || last != nil {
+		t.Fatalf("LastReservedIP of an empty file = %v, %v; want nil, nil", last, err)
+	}
+	mustReserve(t, d, Owner{"next", "eth0"}, "10.0.0.3", "0")
+	if last, err := d.LastReservedIP("0"); err != nil || !last.Equal(ip("10.0.0.3")) {
+		t.Errorf("LastReservedIP after a reservation = %v, %v", last, err)
+	}
+}
