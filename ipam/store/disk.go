@@ -306,16 +306,23 @@ func (d *Disk) entries() ([]entry, error) {
 	}
 	out := make([]entry, 0, len(des))
 	for _, de := range des {
-		ip := net.ParseIP(de.Name())
-		if ip == nil || ip.String() != de.Name() {
-			continue
+		if ip := addressName(de.Name()); ip != nil {
+			out = append(out, entry{ip: ip, name: de.Name(), regular: de.Type().IsRegular()})
 		}
-		if v4 := ip.To4(); v4 != nil {
-			ip = v4
-		}
-		out = append(out, entry{ip: ip, name: de.Name(), regular: de.Type().IsRegular()})
 	}
 	return out, nil
+}
+
+// addressName returns the address a file name canonically spells, or nil.
+func addressName(name string) net.IP {
+	ip := net.ParseIP(name)
+	if ip == nil || ip.String() != name {
+		return nil
+	}
+	if v4 := ip.To4(); v4 != nil {
+		ip = v4
+	}
+	return ip
 }
 
 // owner reads who holds e. An empty or truncated file still yields a record

@@ -145,12 +145,9 @@ func (d *Disk) indexed(key Owner, match func(rec Owner) bool) ([]net.IP, error) 
 	}
 	var ips []net.IP
 	for _, de := range des {
-		ip := net.ParseIP(de.Name())
-		if ip == nil || ip.String() != de.Name() {
+		ip := addressName(de.Name())
+		if ip == nil {
 			continue
-		}
-		if v4 := ip.To4(); v4 != nil {
-			ip = v4
 		}
 		rec, ok, err := d.owner(entry{ip: ip, name: de.Name(), regular: true})
 		if err != nil {
