@@ -72,8 +72,13 @@ func TestExampleConfs(t *testing.T) {
 				t.Fatalf("DEL: %v", err)
 			}
 			entries, _ := os.ReadDir(filepath.Join(data, list.Name))
+			// The owner index stays, with only its stamp once nobody holds
+			// an address.
+			if idx, _ := os.ReadDir(filepath.Join(data, list.Name, ".plumb-owners")); len(idx) > 1 {
+				t.Fatalf("owner index not empty after DEL: %v", idx)
+			}
 			for _, en := range entries {
-				if en.Name() != "lock" && !strings.HasPrefix(en.Name(), "last_reserved_ip") {
+				if en.Name() != "lock" && en.Name() != ".plumb-owners" && !strings.HasPrefix(en.Name(), "last_reserved_ip") {
 					t.Fatalf("left in the data dir after DEL: %s", en.Name())
 				}
 			}

@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/plumbnet/plumb/internal/fw"
+	"github.com/plumbnet/plumb/internal/netns"
 )
 
 // finding is one problem doctor found, with the fix it suggests; fix, when
@@ -27,7 +29,8 @@ type finding struct {
 type doctor struct {
 	e        *env
 	ni       *netInfo // nil: host checks only
-	netArg   string   // the NETWORK argument, name or file
+	list     *libcni.NetworkConfigList
+	netArg   string // the NETWORK argument, name or file
 	findings []finding
 }
 
@@ -226,6 +229,58 @@ func (d *doctor) leaks(ctx context.Context) {
 	}
 }
 
+// attachments CHECKs each attachment of the network in libcni's cache: a
+// firewall flush (firewall-cmd --reload, iptables -F, nft flush ruleset)
+// leaves containers running without their rules. The fix re-ADDs the
+// attachment with the runtime's own arguments, which the cache keeps and
+// the plugins take as a repair, then CHECKs again.
+func (d *doctor) attachments(ctx context.Context) {
+	if d.list == nil {
+		return
+	}
+	atts, err := d.e.cachedAttachments()
+	if err != nil {
+		d.report("attachments", err.Error(), "make the libcni cache directory readable (--cache-dir)", nil)
+		return
+	}
+	c := d.e.cni()
+	for _, a := range atts {
+		if a.Network != d.list.Name {
+			continue
+		}
+		label := a.ContainerID + "/" + a.IfName
+		n, err := netns.Open(a.NetNS)
+		if err != nil {
+			d.report("stale", fmt.Sprintf("attachment %s of network %s: its namespace is gone: %v", label, d.list.Name, err),
+				fmt.Sprintf("the runtime should DEL it (plumb del --id %s --ifname %s %s %s)", a.ContainerID, a.IfName, d.netArg, a.NetNS), nil)
+			continue
+		}
+		n.Close()
+		// The config the attachment was made with, as CHECK and DEL use it.
+		list := d.list
+		if l, err := libcni.ConfListFromBytes(a.Config); err == nil && l.Name == d.list.Name {
+			list = l
+		}
+		rt := &libcni.RuntimeConf{ContainerID: a.ContainerID, NetNS: a.NetNS, IfName: a.IfName,
+			Args: a.CniArgs, CapabilityArgs: a.CapabilityArgs}
+		err = c.CheckNetworkList(ctx, list, rt)
+		if err == nil || errors.Is(err, libcni.ErrorCheckNotSupp) {
+			continue
+		}
+		d.report("rules", fmt.Sprintf("rules of container %s (%s) in network %s missing: %s", a.ContainerID, a.IfName, d.list.Name, oneLine(err.Error())),
+			"re-ADD "+label+" with its cached arguments (plumb doctor --fix "+d.netArg+")",
+			func() error {
+				if _, err := c.AddNetworkList(ctx, list, rt); err != nil {
+					return fmt.Errorf("re-ADD %s: %w", label, err)
+				}
+				if err := c.CheckNetworkList(ctx, list, rt); err != nil {
+					return fmt.Errorf("CHECK %s after re-ADD: %w", label, err)
+				}
+				return nil
+			})
+	}
+}
+
 func cmdDoctor(e *env, args []string) int {
 	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
 	fix := fs.Bool("fix", false, "apply the fixes doctor knows how to make")
@@ -247,7 +302,7 @@ func cmdDoctor(e *env, args []string) int {
 		if d.ni, err = readNetInfo(list); err != nil {
 			return e.fail(err)
 		}
-		d.netArg = rest[0]
+		d.list, d.netArg = list, rest[0]
 	}
 	d.forwarding()
 	d.forwardPolicy()
@@ -256,6 +311,7 @@ func cmdDoctor(e *env, args []string) int {
 	d.backends()
 	d.dataDirs()
 	d.leaks(ctx)
+	d.attachments(ctx)
 	if len(d.findings) == 0 {
 		fmt.Fprintln(e.stdout, "doctor: no problems found")
 		return 0

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -70,7 +71,9 @@ func (u undo) run() {
 	}
 }
 
-// Add connects the container to the bridge, all or nothing.
+// Add connects the container to the bridge, all or nothing. A re-ADD of an
+// attachment that is already in place (after someone flushed the firewall,
+// say) repairs it instead: see ownVeth.
 func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	c, err := parseConfig(args.StdinData, args.Args)
 	if err != nil {
@@ -87,11 +90,6 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	defer cont.Close()
-	if l, err := cont.Get(args.IfName); err != nil {
-		return nil, err
-	} else if l != nil {
-		return nil, cniplugin.Errorf(cniplugin.CodeInvalidEnv, "interface %s already exists in %s", args.IfName, args.Netns)
-	}
 	hns, err := netns.Current()
 	if err != nil {
 		return nil, err
@@ -102,11 +100,18 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	defer host.Close()
+	existing, err := ownVeth(host, cont, cns, c, args)
+	if err != nil {
+		return nil, err
+	}
+	repair := existing != nil
 
 	var u undo
 	ok := false
 	defer func() {
-		if !ok {
+		// A repair only re-applies what the attachment already had; undoing
+		// it would take down a container that was working.
+		if !ok && !repair {
 			u.run()
 		}
 	}()
@@ -133,19 +138,26 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	}
 	crashpoint.Here("bridge.add.bridge")
 	vethName := hostVethName(args.ContainerID, args.IfName)
-	if err := host.Delete(vethName); err != nil { // a crashed earlier ADD of this attachment
-		return nil, err
-	}
-	veth, err := host.AddVeth(link.VethSpec{
-		HostName: vethName, Alias: vethAlias(c.Name, args.ContainerID, args.IfName),
-		MasterIndex: br.Index, MTU: c.MTU,
-		PeerName: args.IfName, PeerNS: cns, PeerMAC: c.MAC,
-	})
-	if veth != nil {
-		u.push(func() { host.Delete(vethName) })
-	}
-	if err != nil {
-		return nil, err
+	veth := existing
+	if repair {
+		if err := reattach(host, veth, br); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := host.Delete(vethName); err != nil { // a crashed earlier ADD of this attachment
+			return nil, err
+		}
+		veth, err = host.AddVeth(link.VethSpec{
+			HostName: vethName, Alias: vethAlias(c.Name, args.ContainerID, args.IfName),
+			MasterIndex: br.Index, MTU: c.MTU,
+			PeerName: args.IfName, PeerNS: cns, PeerMAC: c.MAC,
+		})
+		if veth != nil {
+			u.push(func() { host.Delete(vethName) })
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	crashpoint.Here("bridge.add.veth")
 	unlockBridge()
@@ -155,6 +167,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	}
 	crashpoint.Here("bridge.add.port")
 
+	// On repair the IPAM plugin hands the owner back its own address.
 	r, err := p.IPAM.Add(ctx, c.IPAM.Type, args.StdinData)
 	if err != nil {
 		return nil, fmt.Errorf("IPAM %s ADD: %w", c.IPAM.Type, err)
@@ -185,6 +198,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 		}
 		crashpoint.Here("bridge.add.gateway")
 	}
+	// A new bridge takes its first port's MAC: report the one it has now.
+	if l, err := host.Get(c.Bridge); err == nil && l != nil {
+		res.Interfaces[0].Mac = l.Attrs().HardwareAddr.String()
+	}
 	if c.MacSpoofChk {
 		g := p.Spoof()
 		if err := g.AddSpoof(ctx, spoofRule(vethName, contLink.Attrs().HardwareAddr, res)); err != nil {
@@ -209,6 +226,66 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	}
 	ok = true
 	return res, nil
+}
+
+// ownVeth decides whether an ADD finds its attachment already in place. It
+// returns nil when the container has no args.IfName; the host veth of this
+// attachment when args.IfName is that veth's peer (the re-ADD repairs); and
+// an error when args.IfName is anything else, which ADD must not touch.
+func ownVeth(host, cont *link.NS, cns *netns.NS, c *Config, args *skel.CmdArgs) (netlink.Link, error) {
+	l, err := cont.Get(args.IfName)
+	if err != nil || l == nil {
+		return nil, err
+	}
+	taken := func(why string) error {
+		return cniplugin.Errorf(cniplugin.CodeInvalidEnv, "interface %s already exists in %s (%s)", args.IfName, args.Netns, why)
+	}
+	vethName := hostVethName(args.ContainerID, args.IfName)
+	veth, err := host.Get(vethName)
+	if err != nil {
+		return nil, err
+	}
+	if veth == nil || veth.Type() != "veth" || l.Type() != "veth" || veth.Attrs().Alias != vethAlias(c.Name, args.ContainerID, args.IfName) {
+		return nil, taken("not the peer of this attachment's host veth " + vethName)
+	}
+	// Each end of a veth names the other's ifindex (IFLA_LINK), and the host
+	// end names the namespace its peer is in: together, exactly this pair.
+	if l.Attrs().ParentIndex != veth.Attrs().Index || veth.Attrs().ParentIndex != l.Attrs().Index {
+		return nil, taken("not the peer of this attachment's host veth " + vethName)
+	}
+	if id, err := host.H.GetNetNsIdByFd(cns.Fd()); err == nil && id >= 0 && veth.Attrs().NetNsID >= 0 && veth.Attrs().NetNsID != id {
+		return nil, taken("the peer of " + vethName + " is in another namespace")
+	}
+	if m := veth.Attrs().MasterIndex; m != 0 {
+		br, err := host.H.LinkByIndex(m)
+		if err != nil {
+			return nil, fmt.Errorf("find the master of host veth %s: %w", vethName, err)
+		}
+		if br.Attrs().Name != c.Bridge {
+			return nil, taken(fmt.Sprintf("its host veth %s is on %s, not bridge %s", vethName, br.Attrs().Name, c.Bridge))
+		}
+	}
+	if c.MAC != nil && !bytes.Equal(l.Attrs().HardwareAddr, c.MAC) {
+		return nil, taken(fmt.Sprintf("it has MAC %s, the config asks for %s", l.Attrs().HardwareAddr, c.MAC))
+	}
+	return veth, nil
+}
+
+// reattach puts a repaired attachment's host veth back on the bridge (one
+// deleted and created again has lost its ports) and up.
+func reattach(host *link.NS, veth netlink.Link, br *netlink.Bridge) error {
+	name := veth.Attrs().Name
+	if veth.Attrs().MasterIndex != br.Index {
+		if err := host.H.LinkSetMasterByIndex(veth, br.Index); err != nil {
+			return fmt.Errorf("attach %s to bridge %s: %w", name, br.Name, err)
+		}
+	}
+	if veth.Attrs().Flags&net.FlagUp == 0 {
+		if err := host.H.LinkSetUp(veth); err != nil {
+			return fmt.Errorf("set %s up: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // spoofRule admits only the container's own MAC and addresses on its port.
@@ -359,7 +436,7 @@ func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config,
 		if ipc.Address.IP.To4() == nil && !c.EnableDad {
 			a.Flags = unix.IFA_F_NODAD
 		}
-		if err := cont.H.AddrAdd(l, a); err != nil {
+		if err := cont.H.AddrAdd(l, a); err != nil && !errors.Is(err, unix.EEXIST) { // present on repair
 			return fmt.Errorf("add %s to %s in %s: %w", ipc.Address.String(), name, cns.Path(), err)
 		}
 	}
