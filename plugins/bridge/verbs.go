@@ -31,9 +31,9 @@ func hostNS() (*link.NS, error) {
 	return link.Open(hns, "host")
 }
 
-// Del removes the host veth (and with it the container end), the
-// masquerade, and last the IP reservation. It keeps going past failures and
-// treats anything already gone as done.
+// Del removes the host veth (and with it the container end) and the
+// masquerade, side by side, and last the IP reservation. It keeps going
+// past failures and treats anything already gone as done.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	c, err := parseConfig(args.StdinData, args.Args)
 	if err != nil {
@@ -47,10 +47,12 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	defer host.Close()
 	vethName := hostVethName(args.ContainerID, args.IfName)
-	if err := host.Delete(vethName); err != nil {
-		errs = append(errs, err)
-	}
-	crashpoint.Here("bridge.del.veth")
+	// Deleting a veth waits for RCU in the kernel (tens of ms), and so does
+	// the first nfnetlink close after a commit that deleted rules: the
+	// rules go while the veth goes. The address is released only after
+	// both, so it is never handed out while the old veth or rules exist.
+	vethGone := make(chan error, 1)
+	go func() { vethGone <- host.Delete(vethName) }()
 	if c.MacSpoofChk {
 		if err := p.Spoof().DelSpoof(ctx, vethName); err != nil {
 			errs = append(errs, fmt.Errorf("remove spoof check of %s: %w", vethName, err))
@@ -78,6 +80,10 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			crashpoint.Here("bridge.del.masq." + b)
 		}
 	}
+	if err := <-vethGone; err != nil {
+		errs = append(errs, err)
+	}
+	crashpoint.Here("bridge.del.veth")
 	if c.RemoveBridgeWhenEmpty {
 		if err := removeEmptyBridge(host, c.Bridge); err != nil {
 			errs = append(errs, err)
@@ -120,15 +126,19 @@ func backendOf(c *Config) string {
 	return c.IPMasqBackend
 }
 
-// teardownBackends is the configured backend first, then the other one.
+// teardownBackends is every masquerade backend, the configured one last:
+// after an nftables commit that deleted rules, the next nfnetlink socket to
+// close waits for an RCU grace period (the kernel frees the rules then), so
+// the other backend's probe runs before it, and the wait overlaps the
+// veth's deletion instead.
 func (p *Plugin) teardownBackends(c *Config) []string {
-	out := []string{backendOf(c)}
+	var out []string
 	for _, b := range masqBackends {
-		if b != out[0] {
+		if b != backendOf(c) {
 			out = append(out, b)
 		}
 	}
-	return out
+	return append(out, backendOf(c))
 }
 
 // Check compares the container interface, its addresses and routes, bridge
