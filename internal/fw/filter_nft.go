@@ -108,11 +108,7 @@ func openFilterNFT() (*fltSession, error) {
 	}
 	s := &fltSession{nftSession: *ns}
 	for _, f := range families {
-		key := nftables.TypeIPAddr
-		if f == famV6 {
-			key = nftables.TypeIP6Addr
-		}
-		s.maps[f] = &nftables.Set{Table: t, Name: fltNFTMaps[f], IsMap: true, KeyType: key, DataType: nftables.TypeVerdict}
+		s.maps[f] = addrVerdictMap(t, fltNFTMaps[f], f)
 	}
 	s.bridges = &nftables.Set{Table: t, Name: fltNFTBridges, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
 	return s, nil
@@ -520,30 +516,6 @@ func (x *NFTFilter) compatDel(ctx context.Context, s *fltSession, owner Owner) e
 		}
 	}
 	return ipt.delLocked(ctx, owner, fams)
-}
-
-// delChains removes existing chains and every map element jumping to them,
-// in one transaction; it dumps both maps.
-func (s *fltSession) delChains(chains map[string]bool) error {
-	var mine [2][]nftables.SetElement
-	for _, f := range families {
-		elems, err := s.rd.elements(fltNFTTable, fltNFTMaps[f])
-		if err != nil {
-			return fmt.Errorf("list map %s: %w", fltNFTMaps[f], err)
-		}
-		for _, e := range elems {
-			if chains[e.chain] {
-				mine[f] = append(mine[f], nftables.SetElement{Key: e.key})
-			}
-		}
-	}
-	if err := s.queueDelete(mine, sortedKeys(chains)); err != nil {
-		return err
-	}
-	if err := s.conn.Flush(); err != nil {
-		return fmt.Errorf("delete chains %s: %w", strings.Join(sortedKeys(chains), ", "), noNFTables(err))
-	}
-	return nil
 }
 
 // GCFilter removes every owner chain of network whose owner is not in

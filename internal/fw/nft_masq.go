@@ -87,7 +87,7 @@ type nftSession struct {
 	conn  *nftables.Conn
 	rd    *nftReader
 	table *nftables.Table
-	maps  [2]*nftables.Set // the masquerade maps (masquerade sessions only)
+	maps  [2]*nftables.Set // the table's verdict maps to owner chains, per family
 }
 
 func openNFT() (*nftSession, error) {
@@ -121,12 +121,15 @@ func nftTableRef() *nftables.Table {
 }
 
 // nftMapSet describes the family's verdict map.
-func nftMapSet(f family) *nftables.Set {
+func nftMapSet(f family) *nftables.Set { return addrVerdictMap(nftTableRef(), nftMaps[f], f) }
+
+// addrVerdictMap describes a map from the family's addresses to verdicts.
+func addrVerdictMap(t *nftables.Table, name string, f family) *nftables.Set {
 	key := nftables.TypeIPAddr
 	if f == famV6 {
 		key = nftables.TypeIP6Addr
 	}
-	return &nftables.Set{Table: nftTableRef(), Name: nftMaps[f], IsMap: true, KeyType: key, DataType: nftables.TypeVerdict}
+	return &nftables.Set{Table: t, Name: name, IsMap: true, KeyType: key, DataType: nftables.TypeVerdict}
 }
 
 // close releases the sockets in the background: after a transaction that
@@ -477,14 +480,14 @@ func (s *nftSession) delOwnerNoHint(label, chain string) error {
 	return nil
 }
 
-// delChains removes existing chains and every map element jumping to them,
-// in one transaction; it dumps both maps.
+// delChains removes existing chains and every element of the session's
+// maps jumping to them, in one transaction; it dumps both maps.
 func (s *nftSession) delChains(chains map[string]bool) error {
 	var mine [2][]nftables.SetElement
 	for _, f := range families {
-		elems, err := s.rd.elements(nftTable, nftMaps[f])
+		elems, err := s.rd.elements(s.table.Name, s.maps[f].Name)
 		if err != nil {
-			return fmt.Errorf("list map %s: %w", nftMaps[f], err)
+			return fmt.Errorf("list map %s: %w", s.maps[f].Name, err)
 		}
 		for _, e := range elems {
 			if chains[e.chain] {
