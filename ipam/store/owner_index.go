@@ -1,10 +1,10 @@
 package store
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"net"
 	"os"
@@ -37,10 +37,14 @@ const (
 )
 
 // ownerKey names an owner's index directory; legacy records (container ID
-// only) have their own key, that of the owner with an empty ifname.
+// only) have their own key, that of the owner with an empty ifname. FNV,
+// not a cryptographic hash: keys need no secrecy (a collision only shares a
+// directory, and every hit is checked against the file), and crypto would
+// add 200 KB to the binary and to host-local's memory.
 func ownerKey(o Owner) string {
-	sum := sha256.Sum256([]byte(o.ContainerID + lineBreak + o.IfName))
-	return hex.EncodeToString(sum[:16])
+	h := fnv.New128a()
+	h.Write([]byte(o.ContainerID + lineBreak + o.IfName))
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func (d *Disk) indexPath(elem ...string) string {
