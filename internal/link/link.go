@@ -19,6 +19,7 @@ import (
 type NS struct {
 	H    *netlink.Handle
 	Name string // for messages: "host" or the namespace path
+	fd   int    // the namespace, for sockets the handle cannot make
 }
 
 // Open gives netlink access to n.
@@ -27,11 +28,19 @@ func Open(n *netns.NS, name string) (*NS, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &NS{H: h, Name: name}, nil
+	fd, err := unix.FcntlInt(uintptr(n.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("keep namespace %s open: %w", name, err)
+	}
+	return &NS{H: h, Name: name, fd: fd}, nil
 }
 
-// Close releases the handle's sockets.
-func (n *NS) Close() { n.H.Close() }
+// Close releases the handle's sockets and the namespace.
+func (n *NS) Close() {
+	n.H.Close()
+	unix.Close(n.fd)
+}
 
 // IsNotFound reports a link that does not exist.
 func IsNotFound(err error) bool {
@@ -177,23 +186,23 @@ func (n *NS) EnsureAddr(l netlink.Link, addr net.IPNet, force bool) error {
 	if addr.IP.To4() == nil {
 		family = netlink.FAMILY_V6
 	}
-	have, err := n.H.AddrList(l, family)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+	have, err := n.AddrsOf(l, family)
+	if err != nil {
+		return err
 	}
 	for _, a := range have {
-		if a.IPNet.IP.Equal(addr.IP) && a.IPNet.Mask.String() == addr.Mask.String() {
+		if a.IP.Equal(addr.IP) && a.Mask.String() == addr.Mask.String() {
 			return nil
 		}
 		if family == netlink.FAMILY_V6 && a.IP.IsLinkLocalUnicast() {
 			continue
 		}
-		if a.IPNet.Contains(addr.IP) || addr.Contains(a.IP) {
+		if a.Contains(addr.IP) || addr.Contains(a.IP) {
 			if !force {
-				return fmt.Errorf("%s already has %s in the subnet of %s (set forceAddress to replace it)", l.Attrs().Name, a.IPNet, addr.String())
+				return fmt.Errorf("%s already has %s in the subnet of %s (set forceAddress to replace it)", l.Attrs().Name, a.String(), addr.String())
 			}
-			if err := n.H.AddrDel(l, &a); err != nil {
-				return fmt.Errorf("remove %s from %s: %w", a.IPNet, l.Attrs().Name, err)
+			if err := n.H.AddrDel(l, &netlink.Addr{IPNet: &a}); err != nil {
+				return fmt.Errorf("remove %s from %s: %w", a.String(), l.Attrs().Name, err)
 			}
 		}
 	}

@@ -1,7 +1,11 @@
 package link
 
 import (
+	"net"
+	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/plumbnet/plumb/internal/netns"
 	"github.com/plumbnet/plumb/internal/testns"
@@ -47,5 +51,75 @@ func TestAddVethFailureLeavesNothing(t *testing.T) {
 		if l, err := c.ns.Get(c.name); err != nil || l != nil {
 			t.Errorf("%s left in %s after the failed AddVeth (%v)", c.name, c.ns.Name, err)
 		}
+	}
+}
+
+// TestAddrsOfAndEnsureAddr: AddrsOf lists one link's addresses only, and
+// EnsureAddr keeps an address that is there, refuses another one in the
+// same subnet unless forced, and then replaces it.
+func TestAddrsOfAndEnsureAddr(t *testing.T) {
+	testns.RequireRoot(t)
+	n := testns.NewNS(t)
+	ns, err := Open(n, n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var links []netlink.Link
+	for _, name := range []string{"br-a", "br-b"} {
+		if err := ns.H.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+			t.Fatal(err)
+		}
+		l, err := ns.Get(name)
+		if err != nil || l == nil {
+			t.Fatal(name, err)
+		}
+		links = append(links, l)
+	}
+	mustCIDR := func(s string) net.IPNet {
+		ip, n, err := net.ParseCIDR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.IP = ip
+		return *n
+	}
+	list := func(l netlink.Link, fam int) string {
+		t.Helper()
+		got, err := ns.AddrsOf(l, fam)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s []string
+		for _, a := range got {
+			s = append(s, a.String())
+		}
+		return strings.Join(s, " ")
+	}
+	for _, c := range []struct {
+		l    netlink.Link
+		addr string
+	}{{links[0], "10.1.0.1/24"}, {links[1], "10.2.0.1/24"}, {links[0], "fd00:1::1/64"}, {links[1], "fd00:2::1/64"}} {
+		if err := ns.EnsureAddr(c.l, mustCIDR(c.addr), false); err != nil {
+			t.Fatalf("EnsureAddr %s: %v", c.addr, err)
+		}
+	}
+	if got := list(links[0], netlink.FAMILY_V4); got != "10.1.0.1/24" {
+		t.Errorf("AddrsOf(br-a, v4) = %q", got)
+	}
+	if got := list(links[1], netlink.FAMILY_V6); got != "fd00:2::1/64" {
+		t.Errorf("AddrsOf(br-b, v6) = %q", got)
+	}
+	if err := ns.EnsureAddr(links[0], mustCIDR("10.1.0.1/24"), false); err != nil {
+		t.Errorf("EnsureAddr of a present address: %v", err)
+	}
+	if err := ns.EnsureAddr(links[0], mustCIDR("10.1.0.254/24"), false); err == nil || !strings.Contains(err.Error(), "forceAddress") {
+		t.Errorf("EnsureAddr of another address in the subnet = %v, want a forceAddress error", err)
+	}
+	if err := ns.EnsureAddr(links[0], mustCIDR("10.1.0.254/24"), true); err != nil {
+		t.Fatalf("forced EnsureAddr: %v", err)
+	}
+	if got := list(links[0], netlink.FAMILY_V4); got != "10.1.0.254/24" {
+		t.Errorf("after the forced replace, AddrsOf(br-a, v4) = %q", got)
 	}
 }
