@@ -101,6 +101,10 @@ func TestBridgeAnnouncesAddress(t *testing.T) {
 	if !c.ip(true).Equal(reused) {
 		t.Fatalf("new container got %s, want %s", c.ip(true), reused)
 	}
+	// And the kernel announces it again if its MAC ever changes.
+	if v := sysctlIn(t, c.NS, "net/ipv4/conf/eth0/arp_notify"); v != "1" {
+		t.Errorf("arp_notify = %s on the container interface, want 1", v)
+	}
 	want := c.Res.Interfaces[2].Mac
 	for i := 0; i < 20; i++ {
 		if neighOf() == want {

@@ -65,3 +65,4 @@ func (n *NS) AddrsOf(l netlink.Link, family int) ([]net.IPNet, error) {
 	}
 	return out, nil
 }
+

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -214,4 +215,24 @@ func (n *NS) EnsureAddr(l netlink.Link, addr net.IPNet, force bool) error {
 		return fmt.Errorf("add %s to %s: %w", addr.String(), l.Attrs().Name, err)
 	}
 	return nil
+}
+
+// WaitOperUp polls, up to timeout, until the link called name is
+// operationally up, and reports whether it is. The kernel updates the
+// operational state, and tells the bridge about the carrier, in one step
+// of its asynchronous link watcher, so "up" also means the bridge port
+// forwards.
+func (n *NS) WaitOperUp(name string, timeout time.Duration) bool {
+	for end := time.Now().Add(timeout); ; time.Sleep(2 * time.Millisecond) {
+		l, err := n.H.LinkByName(name)
+		if err != nil {
+			return false
+		}
+		if l.Attrs().OperState == netlink.OperUp {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+	}
 }

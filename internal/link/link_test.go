@@ -1,7 +1,9 @@
 package link
 
 import (
+	"fmt"
 	"net"
+	"os"
 	"strings"
 	"testing"
 
@@ -121,5 +123,84 @@ func TestAddrsOfAndEnsureAddr(t *testing.T) {
 	}
 	if got := list(links[0], netlink.FAMILY_V4); got != "10.1.0.254/24" {
 		t.Errorf("after the forced replace, AddrsOf(br-a, v4) = %q", got)
+	}
+}
+
+// TestSetIPv4Conf: the netlink write lands where sysctl reads it.
+func TestSetIPv4Conf(t *testing.T) {
+	testns.RequireRoot(t)
+	n := testns.NewNS(t)
+	ns, err := Open(n, n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := ns.H.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "d0"}}); err != nil { // no dummy module here
+		t.Fatal(err)
+	}
+	l, err := ns.Get("d0")
+	if err != nil || l == nil {
+		t.Fatal(err)
+	}
+	read := func() string {
+		var v []byte
+		if err := n.Do(func() (err error) {
+			v, err = os.ReadFile("/proc/sys/net/ipv4/conf/d0/arp_notify")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(v))
+	}
+	for _, want := range []uint32{1, 0} {
+		if err := ns.SetIPv4Conf(l, IPv4ConfARPNotify, want); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(); got != fmt.Sprint(want) {
+			t.Errorf("arp_notify = %s after setting %d", got, want)
+		}
+	}
+}
+
+// TestConfReads: IPv4Conf and Forwarding read what sysctl writes.
+func TestConfReads(t *testing.T) {
+	testns.RequireRoot(t)
+	n := testns.NewNS(t)
+	ns, err := Open(n, n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if err := ns.H.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "b0"}}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := ns.Get("b0")
+	if err != nil || l == nil {
+		t.Fatal(err)
+	}
+	write := func(key, v string) {
+		t.Helper()
+		if err := n.Do(func() error { return os.WriteFile("/proc/sys/"+key, []byte(v), 0o644) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, v := range []uint32{1, 0} {
+		write("net/ipv4/conf/b0/route_localnet", fmt.Sprint(v))
+		if got, err := ns.IPv4Conf(l, IPv4ConfRouteLocalnet); err != nil || got != v {
+			t.Errorf("IPv4Conf(route_localnet) = %d, %v; want %d", got, err, v)
+		}
+		write("net/ipv4/ip_forward", fmt.Sprint(v))
+		write("net/ipv6/conf/all/forwarding", fmt.Sprint(v))
+		for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+			if got, err := ns.Forwarding(fam); err != nil || got != (v == 1) {
+				t.Errorf("Forwarding(%d) = %v, %v; want %v", fam, got, err, v == 1)
+			}
+		}
+	}
+	if err := ns.SetIPv4Conf(l, IPv4ConfRouteLocalnet, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ns.IPv4Conf(l, IPv4ConfRouteLocalnet); err != nil || got != 1 {
+		t.Errorf("after SetIPv4Conf, IPv4Conf(route_localnet) = %d, %v", got, err)
 	}
 }

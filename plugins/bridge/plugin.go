@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -190,6 +191,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	res.Interfaces[2].Mac = contLink.Attrs().HardwareAddr.String()
 	if err := configureContainer(cns, cont, contLink, c, res); err != nil {
 		return nil, err
+	}
+	if !c.DisableContainerInterface {
+		announce(host, veth, cont, contLink, res)
 	}
 	crashpoint.Here("bridge.add.container")
 	if c.IsGateway {
@@ -409,20 +413,21 @@ func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config,
 			hasV6 = true
 		}
 	}
-	if err := cns.Do(func() error {
-		// arp_notify: the kernel announces the address again whenever the
-		// MAC changes later.
-		writeSysctl("net/ipv4/conf/"+name+"/arp_notify", "1")
-		if hasV6 {
+	// arp_notify: the kernel announces the address again whenever the MAC
+	// changes later. Best effort, through netlink: see link.SetIPv4Conf.
+	_ = cont.SetIPv4Conf(l, link.IPv4ConfARPNotify, 1)
+	if hasV6 {
+		// IPv6 settings cannot be set through netlink.
+		if err := cns.Do(func() error {
 			dad := "0"
 			if c.EnableDad {
 				dad = "1"
 			}
 			writeSysctl("net/ipv6/conf/"+name+"/accept_dad", dad)
+			return nil
+		}); err != nil {
+			return fmt.Errorf("set sysctls of %s in %s: %w", name, cns.Path(), err)
 		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("set sysctls of %s in %s: %w", name, cns.Path(), err)
 	}
 	// Up first: the bridge enables the host end's port only once the kernel
 	// has seen the carrier, which then happens while addresses are set.
@@ -459,9 +464,18 @@ func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config,
 			return fmt.Errorf("add route %s via %v on %s in %s: %w", r.Dst.String(), gw, name, cns.Path(), err)
 		}
 	}
-	// Announce the IPv4 address so peers replace a stale ARP entry for a
-	// reused address at once (an ARP request from it, towards its gateway
-	// or, without one, the subnet's first address). Best effort.
+	return nil
+}
+
+// announce sends an ARP request from the container's IPv4 address (towards
+// its gateway or, without one, the subnet's first address), so peers
+// replace a stale entry for a reused address at once. The bridge forwards
+// from the port only once the kernel has processed the veth's carrier
+// (asynchronously, in linkwatch), so it first waits, briefly, for the host
+// end to be operationally up: under load the request was otherwise dropped
+// at a port still disabled. Best effort.
+func announce(host *link.NS, veth netlink.Link, cont *link.NS, l netlink.Link, res *current.Result) {
+	host.WaitOperUp(veth.Attrs().Name, 500*time.Millisecond)
 	for _, ipc := range res.IPs {
 		if ipc.Address.IP.To4() == nil {
 			continue
@@ -475,7 +489,6 @@ func configureContainer(cns *netns.NS, cont *link.NS, l netlink.Link, c *Config,
 		}
 		break
 	}
-	return nil
 }
 
 // gatewayFor picks the gateway of the same family as dst.
@@ -500,9 +513,16 @@ func setupGateway(host *link.NS, br *netlink.Bridge, c *Config, res *current.Res
 		if err := host.EnsureAddr(br, gw, c.ForceAddress); err != nil {
 			return fmt.Errorf("gateway on bridge %s: %w", c.Bridge, err)
 		}
-		key := "net/ipv4/ip_forward"
+		// Forwarding is on after the first ADD; netlink tells so without a
+		// /proc/sys lookup (see link.SetIPv4Conf).
+		fam, key := netlink.FAMILY_V4, "net/ipv4/ip_forward"
 		if ipc.Gateway.To4() == nil {
-			key = "net/ipv6/conf/all/forwarding"
+			fam, key = netlink.FAMILY_V6, "net/ipv6/conf/all/forwarding"
+		}
+		if on, err := host.Forwarding(fam); err == nil && on {
+			continue
+		}
+		if fam == netlink.FAMILY_V6 {
 			keepRouterAdvertisements()
 		}
 		if err := ensureSysctl(key, "1"); err != nil {
