@@ -144,3 +144,10 @@ func PrintResult(res types.Result, stdin []byte) error {
 	}
 	return nil
 }
+
+// Call runs one verb of a plugin inside another plugin's process, with the
+// checks and error conversion its own binary would apply: errors and
+// panics come back as *types.Error, as from an exec'd plugin.
+func Call(verb string, fn func(*skel.CmdArgs) error, args *skel.CmdArgs) error {
+	return guard(verb, fn)(args)
+}

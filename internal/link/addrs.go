@@ -65,4 +65,3 @@ func (n *NS) AddrsOf(l netlink.Link, family int) ([]net.IPNet, error) {
 	}
 	return out, nil
 }
-

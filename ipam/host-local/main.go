@@ -1,8 +1,10 @@
-// Command host-local is plumb's host-local IPAM plugin: it reserves addresses
-// from configured ranges in files on this host, in the same on-disk format as
-// the reference host-local.
+// Command host-local is plumb's host-local IPAM plugin (package
+// ipam/hostlocal).
 package main
 
-import "github.com/plumbnet/plumb/internal/cniplugin"
+import (
+	"github.com/plumbnet/plumb/internal/cniplugin"
+	"github.com/plumbnet/plumb/ipam/hostlocal"
+)
 
-func main() { cniplugin.Main("host-local", &Plugin{OpenStore: openDisk}) }
+func main() { cniplugin.Main("host-local", hostlocal.New()) }

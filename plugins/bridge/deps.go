@@ -39,7 +39,7 @@ func (execIPAM) Status(ctx context.Context, p string, in []byte) error {
 
 // New returns the bridge plugin wired to the real system.
 func New() *Plugin {
-	return &Plugin{IPAM: execIPAM{}, Masq: newMasq, Spoof: func() fw.SpoofGuard { return &fw.NFTSpoof{} }}
+	return &Plugin{IPAM: &localIPAM{}, Masq: newMasq, Spoof: func() fw.SpoofGuard { return &fw.NFTSpoof{} }}
 }
 
 func newMasq(backend string) (fw.Masquerader, error) {

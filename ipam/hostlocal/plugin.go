@@ -1,4 +1,9 @@
-package main
+// Package hostlocal is plumb's host-local IPAM plugin: it reserves
+// addresses from configured ranges in files on this host, in the same
+// on-disk format as the reference host-local. The host-local binary runs
+// it; the bridge plugin runs it in its own process when the host-local on
+// CNI_PATH is this very build (see plugins/bridge).
+package hostlocal
 
 import (
 	"context"
@@ -22,6 +27,9 @@ type Plugin struct {
 	// OpenStore opens the reservations of one network.
 	OpenStore func(dataDir, network string) (store.Store, error)
 }
+
+// New returns the plugin over the on-disk store.
+func New() *Plugin { return &Plugin{OpenStore: openDisk} }
 
 func openDisk(dataDir, network string) (store.Store, error) {
 	return store.NewDisk(dataDir, network)
