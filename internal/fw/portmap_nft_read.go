@@ -123,3 +123,40 @@ func (r *nftReader) lookupElements(table string, qs []elemQuery) ([]*vmapElem, e
 	}
 	return out, nil
 }
+
+// setNames lists the names of table's sets and maps (none when the table
+// is absent).
+func (r *nftReader) setNames(table string) (map[string]bool, error) {
+	msgs, err := r.request(unix.NFT_MSG_GETSET, true, []netlink.Attribute{
+		{Type: unix.NFTA_SET_TABLE, Data: cstr(table)},
+	})
+	if ok, err := found(err); !ok || err != nil {
+		return map[string]bool{}, err
+	}
+	names := map[string]bool{}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := newDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		var name, tbl string
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_SET_NAME:
+				name = ad.String()
+			case unix.NFTA_SET_TABLE:
+				tbl = ad.String()
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, err
+		}
+		if tbl == table && name != "" {
+			names[name] = true
+		}
+	}
+	return names, nil
+}
