@@ -415,3 +415,91 @@ func TestNFTPortsUnsupported(t *testing.T) {
 		t.Fatalf("refused ADDs created:\n%s", out)
 	}
 }
+
+// pmSkeleton is plumb_portmap without set elements: every chain, rule
+// (with its handle) and set or map (with its types), as nft prints them.
+func pmSkeleton(t *testing.T) []string {
+	t.Helper()
+	out := mustCommand(t, "nft", "-j", "list", "table", "inet", pmTable)
+	var doc struct {
+		Nftables []map[string]map[string]any `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("parse nft -j output: %v", err)
+	}
+	var skel []string
+	for _, obj := range doc.Nftables {
+		for kind, o := range obj {
+			if kind == "metainfo" {
+				continue
+			}
+			if kind == "map" && o["map"] == "verdict" {
+				t.Fatalf("map %s has verdicts: adding one revalidates the table", o["name"])
+			}
+			delete(o, "elem")
+			b, err := json.Marshal(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			skel = append(skel, kind+" "+string(b))
+		}
+	}
+	sort.Strings(skel)
+	return skel
+}
+
+// TestNFTPortsSteadyStateOnlyElements guards what keeps ADD and DEL flat
+// in the number of containers: once the table and the masquerade classes
+// in use exist, an ADD (taking a key over), a DEL (giving it back) and a
+// DEL without mappings known add or delete no chain, no rule and no set,
+// and no map holds verdicts (a jump or goto element, or a new rule with a
+// lookup or NAT, makes the kernel revalidate every chain and map element).
+func TestNFTPortsSteadyStateOnlyElements(t *testing.T) {
+	requireThrowawayNS(t)
+	ctx := context.Background()
+	m := nftPMHarness().fresh(t).(*NFTPorts)
+	for i := range 50 {
+		o := Owner{Network: "net1", ContainerID: fmt.Sprintf("fill-%d", i), IfName: "eth0"}
+		if err := m.AddPorts(ctx, pmRule(t, o, []string{fmt.Sprintf("10.88.1.%d/16", i+2), fmt.Sprintf("fd00:88::1:%d/64", i+2)},
+			fmt.Sprintf("tcp %d:80", 10000+i), fmt.Sprintf("udp6 %d:53", 10000+i), "tcp 8080:80")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := pmRule(t, ownerA, dualA, "tcp 8080:80", "udp 5353:53", "tcp6 8080:80", "tcp 192.0.2.1:8081:81")
+	// The first ADD of a class (mark bit, source prefix) adds its set and rules.
+	if err := m.AddPorts(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DelPortsKnown(ctx, m, ownerA, r.Mappings); err != nil {
+		t.Fatal(err)
+	}
+	before := pmSkeleton(t)
+	same := func(what string) {
+		t.Helper()
+		if after := pmSkeleton(t); !reflect.DeepEqual(before, after) {
+			t.Fatalf("%s changed more than elements:\nbefore %q\nafter  %q", what, before, after)
+		}
+	}
+	holder := func() string { return nftPMHarness().view(t).holders["tcp 0.0.0.0:8080"] }
+	for _, known := range []bool{true, false} {
+		if err := m.AddPorts(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		same("ADD")
+		if got := holder(); got != pmOwnerID(ownerA) {
+			t.Fatalf("after ADD tcp 8080 goes to %q, want ownerA", got)
+		}
+		var hint []PortMapping
+		if known {
+			hint = r.Mappings
+		}
+		got, err := DelPortsKnown(ctx, m, ownerA, hint)
+		if err != nil || len(got) != 4 {
+			t.Fatalf("DEL (mappings known %t) = %v, %v", known, got, err)
+		}
+		same("DEL")
+		if got := holder(); got != pmOwnerID(Owner{Network: "net1", ContainerID: "fill-49", IfName: "eth0"}) {
+			t.Fatalf("after DEL tcp 8080 goes to %q, want fill-49", got)
+		}
+	}
+}
