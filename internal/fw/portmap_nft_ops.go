@@ -450,7 +450,9 @@ func (m *NFTPorts) AddPorts(ctx context.Context, rule PortRule) error {
 		tx.release(r, others, nil)
 	}
 	switch {
-	case len(want) == 0 && st.exists:
+	case len(want) == 0 && !st.exists:
+		return nil // nothing published, nothing to let go
+	case len(want) == 0:
 		tx.delElem(pmOwnersMap, idKey(id))
 	case len(want) > 0 && (!st.exists || st.count != len(want)):
 		if st.exists {

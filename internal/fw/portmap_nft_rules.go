@@ -126,16 +126,18 @@ func pmStaticMaps() []*nftables.Set {
 	return append(out, pmOwnersMapSet())
 }
 
-// readBase reads the static part: a set listing and a rule dump per chain.
+// readBase reads the static part: a listing of the sets and a rule dump
+// per chain.
 func (s *nftSession) readBase() (pmBase, error) {
 	b := pmBase{classes: map[pmClass]bool{}}
 	var err error
-	if b.tableExists, err = s.rd.tableExists(pmTable); err != nil || !b.tableExists {
-		b.diff = fmt.Sprintf("table inet %s is missing", pmTable)
-		return b, err
-	}
 	if b.sets, err = s.rd.setNames(pmTable); err != nil {
 		return b, err
+	}
+	// plumb's table is never without its maps; no sets, no table.
+	if b.tableExists = len(b.sets) > 0; !b.tableExists {
+		b.diff = fmt.Sprintf("table inet %s is missing", pmTable)
+		return b, nil
 	}
 	for _, set := range pmStaticMaps() {
 		if !b.sets[set.Name] && b.diff == "" {
