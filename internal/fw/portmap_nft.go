@@ -96,7 +96,6 @@ const (
 	pmIDLen      = 15             // hex digits of Owner.Hash() in an ifname
 	pmLoopback   = "lo\x00"       // iifname as nft compares it
 	rtnLocal     = unix.RTN_LOCAL // fib result type of a local address
-	regVerdict   = unix.NFT_REG_VERDICT
 )
 
 // The registers of lookups, as nft itself lays concatenations out: the key
@@ -107,7 +106,6 @@ const (
 	reg1   = unix.NFT_REG_1
 	reg2   = unix.NFT_REG_2
 	reg32a = unix.NFT_REG32_01
-	reg32b = unix.NFT_REG32_02
 )
 
 // reg32 is the i-th 32-bit register, named as the kernel names it back.
