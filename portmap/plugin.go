@@ -120,7 +120,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	if ip := localnetIP(rule); ip != nil {
 		if _, err := p.Localnet.Enable(ip); err != nil {
 			err = fmt.Errorf("enable route_localnet for %s: %w", ip, err)
-			if _, uerr := m.DelPorts(ctx, rule.Owner); uerr != nil {
+			if _, uerr := fw.DelPortsKnown(ctx, m, rule.Owner, rule.Mappings); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("undo published ports: %w", uerr))
 			}
 			return nil, err
@@ -143,13 +143,15 @@ func (p *Plugin) flushUDP(maps []fw.PortMapping) {
 }
 
 // Del removes everything the attachment published, found by its owner
-// alone: an empty or missing prevResult or portMappings change nothing. It
-// tries both backends and returns every error.
+// alone: an empty or missing prevResult or portMappings change nothing
+// but the speed (the mappings they name are what a backend looks up
+// first). It tries both backends and returns every error.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	c, err := parseConfig(args.StdinData, args.Args)
 	if err != nil {
 		return err
 	}
+	known := knownMappings(c, args)
 	ctx := context.Background()
 	var errs []error
 	var removed []fw.PortMapping
@@ -161,7 +163,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			}
 			continue // a backend this host cannot use holds nothing of ours
 		}
-		got, err := m.DelPorts(ctx, owner(c, args))
+		got, err := fw.DelPortsKnown(ctx, m, owner(c, args), known)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("remove published ports (%s) of %s: %w", b, args.ContainerID, err))
 		}
@@ -170,6 +172,24 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	p.flushUDP(removed)
 	return errors.Join(errs...)
+}
+
+// knownMappings are what an ADD with this config and prevResult would have
+// published; none when they cannot be told.
+func knownMappings(c *Config, args *skel.CmdArgs) []fw.PortMapping {
+	prev, err := cniplugin.PrevResult(&c.conf.PluginConf)
+	if err != nil || prev == nil {
+		return nil
+	}
+	maps, err := c.Mappings()
+	if err != nil || len(maps) == 0 {
+		return nil
+	}
+	rule, err := Rule(c, owner(c, args), maps, prev, args.IfName)
+	if err != nil {
+		return nil
+	}
+	return rule.Mappings
 }
 
 // Check compares the kernel with the mappings and prevResult.

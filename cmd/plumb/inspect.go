@@ -109,7 +109,7 @@ func (e *env) takeInventory(ctx context.Context, ni *netInfo) (*inventory, error
 	}
 	rules = append(rules, fw.InspectChains(ctx, ni.Name)...)
 	for _, r := range rules {
-		text := strings.TrimSpace(fmt.Sprintf("%s %s chain %s %s", r.Backend, r.What, r.Object, strings.Join(r.Addrs, ",")))
+		text := r.Text()
 		matched := false
 		for _, o := range owners {
 			if r.OwnedBy(fw.Owner{Network: ni.Name, ContainerID: o.ContainerID, IfName: o.IfName}) {

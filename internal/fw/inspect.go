@@ -13,11 +13,23 @@ import (
 // Owned is one piece of packet-filter state plumb made, with the owner hash
 // it carries, for `plumb inspect` and `plumb doctor`.
 type Owned struct {
-	Backend   string   // "nftables" or "iptables"
-	What      string   // "masquerade", ...
-	Object    string   // the owner's chain
-	OwnerHash string   // Owner.Hash(), or its prefix where names are short (iptables)
-	Addrs     []string // addresses pointing at the chain
+	Backend string // "nftables" or "iptables"
+	What    string // "masquerade", ...
+	// Noun is what Object is: "chain" (when empty), or "owner" for the
+	// elements of an owner in shared maps.
+	Noun      string
+	Object    string   // the owner's chain, or its name in shared maps
+	OwnerHash string   // Owner.Hash(), or its prefix where names are short
+	Addrs     []string // addresses pointing at the chain, or the owner's published ports
+}
+
+// Text is "nftables published ports owner 0123456789abcde tcp 0.0.0.0:8080 -> 10.88.0.2:80".
+func (o Owned) Text() string {
+	noun := o.Noun
+	if noun == "" {
+		noun = "chain"
+	}
+	return strings.TrimSpace(fmt.Sprintf("%s %s %s %s %s", o.Backend, o.What, noun, o.Object, strings.Join(o.Addrs, ",")))
 }
 
 // OwnedBy reports whether o carries owner's hash.
@@ -100,10 +112,11 @@ func sortedOwned(m map[string]*Owned) []Owned {
 	return out
 }
 
-// InspectChains lists the per-owner port-publishing and firewall chains of
+// InspectChains lists the per-owner port-publishing and firewall state of
 // network in both backends (masquerade has its own Inspect, with
-// addresses). One netlink dump, and one iptables listing per table where
-// iptables exists.
+// addresses): the nftables port owners with the ports they publish (dumps
+// of the owners and claims maps), chains otherwise (one netlink dump, and
+// one iptables listing per table where iptables exists).
 func InspectChains(ctx context.Context, network string) []Owned {
 	byChain := map[string]*Owned{}
 	add := func(backend, what, prefix, name string) {
@@ -115,13 +128,15 @@ func InspectChains(ctx context.Context, network string) []Owned {
 		if chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet); err == nil {
 			for _, ch := range chains {
 				switch ch.Table.Name {
-				case pmTable:
-					add("nftables", "published ports", pmNetPrefix(network), ch.Name)
 				case fltNFTTable:
 					add("nftables", "firewall", fltNFTNetPrefix(network), ch.Name)
 				}
 			}
 		}
+	}
+	for _, o := range inspectPMOwners(network) {
+		o := o
+		byChain["nftables owner "+o.Object] = &o
 	}
 	if m, err := NewIPTMasq(); err == nil {
 		for _, f := range m.available() {
@@ -142,4 +157,49 @@ func InspectChains(ctx context.Context, network string) []Owned {
 		}
 	}
 	return sortedOwned(byChain)
+}
+
+// inspectPMOwners lists the owners of network in plumb_portmap with the
+// ports they claim; none when the table is absent or unreadable.
+func inspectPMOwners(network string) []Owned {
+	rd, err := dialNFTReader()
+	if err != nil {
+		return nil
+	}
+	defer rd.Close()
+	s := &nftSession{rd: rd}
+	owners, err := s.listOwners()
+	if err != nil {
+		return nil
+	}
+	ids := map[string]bool{}
+	for _, o := range owners {
+		if o.network == network {
+			ids[o.id] = true
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	claims, err := s.listClaims(ids)
+	if err != nil {
+		claims = nil
+	}
+	var out []Owned
+	for _, id := range sortedKeys(ids) {
+		o := Owned{Backend: "nftables", What: "published ports", Noun: "owner", Object: id, OwnerHash: id}
+		for _, m := range claimMappings(derefClaims(claims[id])) {
+			o.Addrs = append(o.Addrs, m.String())
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+func derefClaims(cs []*pmClaim) []pmClaim {
+	out := make([]pmClaim, len(cs))
+	for i, c := range cs {
+		out[i] = *c
+	}
+	return out
 }

@@ -4,17 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// The nftables layout (table inet plumb_portmap):
+// The nftables layout (table inet plumb_portmap). Chains and rules are
+// made once per table (and once per masquerade class, below); a container
+// only adds and deletes elements of maps whose data is not a verdict:
 //
 //	chain guard { type filter hook prerouting priority raw;
 //		meta nfproto ipv4 iifname != "lo" ip daddr 127.0.0.0/8 drop }
@@ -23,76 +28,93 @@ import (
 //	chain output { type nat hook output priority dstnat;
 //		fib daddr type local jump ports }
 //	chain ports {
-//		meta nfproto ipv4 ip daddr . meta l4proto . th dport vmap @host4
-//		meta nfproto ipv4 meta l4proto . th dport vmap @any4
-//		(ipv6 alike, @host6 and @any6) }
+//		meta nfproto ipv4 jump host4
+//		meta nfproto ipv4 jump any4
+//		(ipv6 alike, host6 and any6) }
+//	chain host4 {
+//		ip saddr & 255.255.255.0 . ip daddr . meta l4proto . th dport @host4-mark13-24
+//			meta mark set meta mark | 0x2000        (one rule per class in use)
+//		dnat ip to ip daddr . meta l4proto . th dport map @host4 }
+//	chain any4 { (alike, without ip daddr) dnat ip to meta l4proto . th dport map @any4 }
 //	chain postrouting { type nat hook postrouting priority srcnat - 10;
 //		meta mark & 0x2000 == 0x2000 masquerade      (one per mark bit in use) }
-//	map host4 { type ipv4_addr . inet_proto . inet_service : verdict }
-//		192.0.2.1 . tcp . 8080 : goto p-<net>-<owner>
-//	map any4 { type inet_proto . inet_service : verdict }
-//		tcp . 8080 : goto p-<net>-<owner>
-//	chain p-<NetHash(network)>-<owner.Hash()> {
-//		meta nfproto ipv4 ip saddr 10.88.0.0/24 meta mark set meta mark | 0x2000
-//		meta nfproto ipv4 ip saddr 127.0.0.0/8 meta mark set meta mark | 0x2000
-//		meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @p-<net>-<owner>-h4
-//		meta nfproto ipv4 dnat ip to meta l4proto . th dport map @p-<net>-<owner>-a4
-//		(ipv6 alike) }
-//	map p-<net>-<owner>-a4 { type inet_proto . inet_service : ipv4_addr . inet_service;
-//		comment "plumb <owner hash> <network> <id> <if>"
-//		tcp . 8080 : 10.88.0.2 . 80 }
+//	map host4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
+//		192.0.2.1 . tcp . 8081 comment "<holder>" : 10.88.0.2 . 81 }
+//	map any4 { type inet_proto . inet_service : ipv4_addr . inet_service
+//		tcp . 8080 comment "<holder>" : 10.88.0.2 . 80 }
+//	set host4-mark13-24 { type ipv4_addr . ipv4_addr . inet_proto . inet_service
+//		10.88.0.0 . 192.0.2.1 . tcp . 8081 }
+//	map claims-any4 { type ifname . inet_proto . inet_service : ipv4_addr . inet_service
+//		"<owner>" . tcp . 8080 comment "mark 13 10.88.0.0/24 127.0.0.0/8 prev <o2> <o3>" : 10.88.0.2 . 80 }
+//	map owners { type ifname : mark
+//		"<owner>" comment "plumb <hash> <network> <id> <if>" : 0x00000003 }
+//	(ipv6 alike: host6, any6, claims-host6, claims-any6, host6-mark13-64, ...)
 //
-// A new connection costs at most three hash lookups whatever the number of
-// containers and ports (later packets follow conntrack); a change touches
-// one owner's chain, its maps, and its keys' elements in the shared maps, in
-// one transaction. The shared maps say who holds a key: the kernel refuses
-// to add a key that jumps elsewhere (EEXIST) and to delete a chain an
-// element still jumps to (EBUSY).
+// <owner> is the first 15 hex digits of Owner.Hash() (an ifname holds 15
+// characters). The shared maps host4, any4, host6 and any6 say where a key
+// (host address, protocol, port) goes and who holds it (the element's
+// comment): a new connection costs one lookup per map, whatever the number
+// of containers. The claims maps are each owner's record of what it
+// publishes, whether or not it holds the key, with whom it took a key from
+// ("prev", newest first, at most pmPrevMax) and how its traffic is marked
+// for masquerade; owners counts each owner's claims and names it.
 //
-// ADD first tries the transaction that is right when nobody else holds the
-// owner's keys: it adds "key : goto mine", a no-op for keys the owner
-// already holds. Only when the kernel answers EEXIST (another owner holds
-// one) are the keys looked up, 64 to a netlink round trip, and taken over.
-// DEL looks its keys up and deletes only those still its own (with many
-// keys it first tries "add mine, then delete", which removes exactly the
-// owner's). An owner that takes a key over notes, in its own map element's
-// comment, whom it took it from ("prev p-.. p-..", newest first, at most
-// pmPrevMax), so the key goes back to the most recent earlier claimant
-// that still publishes it when the newer one goes.
+// Masquerade marks go by class: a set per (kind of key, mark bit, source
+// prefix length) holds the masked source prefix and the key of each mark
+// the holder of the key asks for: its subnet (hairpin, other containers)
+// and 127.0.0.0/8 (the host through localhost), or 0.0.0.0/0 (masqAll).
+// The mark rules of a kind come before its DNAT, which ends the chain's
+// evaluation when it matches; a host key is looked up before the any key
+// of its port, so the holder of the host key alone marks its traffic.
 //
-// What the kernel does per change grows with the table: a transaction that
-// adds a jump (a verdict element) or a rule with a NAT or lookup expression
-// makes it revalidate every chain reachable from the base chains, one walk
-// per map element (about 2 ms per 1,000 two-port containers), and it finds
-// sets by name in a list. ADD pays the first; DEL adds no jump.
+// Why this shape: a transaction that adds a jump or goto (a verdict
+// element) or a rule with a NAT or lookup expression makes the kernel
+// revalidate every chain reachable from the base chains, walking every
+// element of every verdict map. Here a change adds a rule only the first
+// time a class (mark bit, prefix length) appears; otherwise it adds and
+// deletes data elements, whose cost does not depend on how many there are.
+//
+// Every call reads with exact-key lookups, 64 to a netlink round trip: the
+// owner's element and claims, and the holder of each key. Only when the
+// owner's claims are not all among the keys asked for (a re-ADD with other
+// mappings, a DEL with no mappings known) are the claims maps listed.
 
 const (
-	pmTable       = "plumb_portmap"
-	pmGuardChain  = "guard"
-	pmPreChain    = "prerouting"
-	pmOutChain    = "output"
-	pmPortsChain  = "ports"
-	pmPostChain   = "postrouting"
-	pmPrevPrefix  = "prev "
-	pmPrevMax     = 4              // earlier claimants remembered per key
-	pmPostPrio    = 100 - 10       // srcnat - 10: ahead of other masquerades
-	pmSockBuffer  = 8 << 20        // room for one transaction of thousands of elements
-	pmOwnerPrefix = "p-"           // of owner chains and maps
-	pmLoopback    = "lo\x00"       // iifname as nft compares it
-	rtnLocal      = unix.RTN_LOCAL // fib result type of a local address
-	regVerdict    = unix.NFT_REG_VERDICT
+	pmTable      = "plumb_portmap"
+	pmGuardChain = "guard"
+	pmPreChain   = "prerouting"
+	pmOutChain   = "output"
+	pmPortsChain = "ports"
+	pmPostChain  = "postrouting"
+	pmOwnersMap  = "owners"
+	pmClaimsPre  = "claims-" // of the claims maps: claims-host4, ...
+	pmPrevWord   = "prev"
+	pmMarkWord   = "mark"
+	pmPrevMax    = 4              // earlier claimants remembered per key
+	pmPostPrio   = 100 - 10       // srcnat - 10: ahead of other masquerades
+	pmSockBuffer = 8 << 20        // room for one transaction of thousands of elements
+	pmIDLen      = 15             // hex digits of Owner.Hash() in an ifname
+	pmLoopback   = "lo\x00"       // iifname as nft compares it
+	rtnLocal     = unix.RTN_LOCAL // fib result type of a local address
 )
 
 // The registers of lookups, as nft itself lays concatenations out: the key
-// from register 1 (32-bit registers 8, 9, ...), a map's data into register 1.
+// from register 1 (32-bit registers 8, 9, ...), a map's data into register
+// 1. A 32-bit register that starts a 128-bit one goes by the latter's
+// number, as the kernel reports it.
 const (
 	reg1   = unix.NFT_REG_1
 	reg2   = unix.NFT_REG_2
 	reg32a = unix.NFT_REG32_01
-	reg32b = unix.NFT_REG32_02
-	reg32e = unix.NFT_REG32_04
-	reg32f = unix.NFT_REG32_05
 )
+
+// reg32 is the i-th 32-bit register, named as the kernel names it back.
+func reg32(i int) uint32 {
+	if i%4 == 0 {
+		return uint32(unix.NFT_REG_1 + i/4)
+	}
+	return uint32(unix.NFT_REG32_00 + i)
+}
 
 // pmKind is one of the four shared maps: a key on a host address or on
 // every address, of either family.
@@ -107,10 +129,8 @@ const (
 
 var pmKinds = [...]pmKind{kindHost4, kindAny4, kindHost6, kindAny6}
 
+// String names the kind's shared map and chain.
 func (k pmKind) String() string { return [...]string{"host4", "any4", "host6", "any6"}[k] }
-
-// suffix names the owner's map of the kind.
-func (k pmKind) suffix() string { return [...]string{"h4", "a4", "h6", "a6"}[k] }
 
 func (k pmKind) fam() family {
 	if k == kindHost6 || k == kindAny6 {
@@ -120,6 +140,8 @@ func (k pmKind) fam() family {
 }
 
 func (k pmKind) any() bool { return k == kindAny4 || k == kindAny6 }
+
+func (k pmKind) claimsMap() string { return pmClaimsPre + k.String() }
 
 func kindOf(k portKey) pmKind {
 	switch {
@@ -144,10 +166,7 @@ func (k portKey) nftKey() []byte {
 func pmDecodeKey(kind pmKind, b []byte) (portKey, bool) {
 	alen := 0
 	if !kind.any() {
-		alen = net.IPv4len
-		if kind.fam() == famV6 {
-			alen = net.IPv6len
-		}
+		alen = kind.fam().addrLen()
 	}
 	if len(b) != alen+8 {
 		return portKey{}, false
@@ -155,69 +174,137 @@ func pmDecodeKey(kind pmKind, b []byte) (portKey, bool) {
 	return portKey{fam: kind.fam(), host: string(b[:alen]), proto: b[alen], port: uint16(b[alen+4])<<8 | uint16(b[alen+5])}, true
 }
 
+func (f family) addrLen() int {
+	if f == famV6 {
+		return net.IPv6len
+	}
+	return net.IPv4len
+}
+
 // nftTarget encodes a mapping's target: address . port.
-func (m portMap) nftTarget() []byte {
-	return append(append([]byte(nil), m.ctrIP...), byte(m.ctrPort>>8), byte(m.ctrPort), 0, 0)
+func nftTarget(ip net.IP, port uint16) []byte {
+	return append(append([]byte(nil), ip...), byte(port>>8), byte(port), 0, 0)
 }
 
 func pmDecodeTarget(fam family, b []byte) (net.IP, uint16, bool) {
-	alen := net.IPv4len
-	if fam == famV6 {
-		alen = net.IPv6len
-	}
+	alen := fam.addrLen()
 	if len(b) != alen+4 {
 		return nil, 0, false
 	}
 	return net.IP(append([]byte(nil), b[:alen]...)), uint16(b[alen])<<8 | uint16(b[alen+1]), true
 }
 
-// pmNetPrefix starts the names of all owner chains (and maps) of network.
-func pmNetPrefix(network string) string { return pmOwnerPrefix + NetHash(network) + "-" }
+// pmOwnerID names o in the owners and claims maps.
+func pmOwnerID(o Owner) string { return o.Hash()[:pmIDLen] }
 
-// pmOwnerChain is the name of o's chain.
-func pmOwnerChain(o Owner) string { return pmNetPrefix(o.Network) + o.Hash() }
+// idKey encodes an owner ID as an ifname: NUL-padded to 16 bytes.
+func idKey(id string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, id)
+	return b
+}
 
-func pmOwnerMapName(chain string, k pmKind) string { return chain + "-" + k.suffix() }
+func decodeID(b []byte) string { return strings.TrimRight(string(b), "\x00") }
+
+// claimKey is the key of owner id's claim of k.
+func claimKey(id string, k portKey) []byte { return append(idKey(id), k.nftKey()...) }
 
 func pmTableRef() *nftables.Table {
 	return &nftables.Table{Name: pmTable, Family: nftables.TableFamilyINet}
 }
 
 var (
-	pmProtoPort = nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService)
-	pmKeyTypes  = [...]nftables.SetDatatype{
-		kindHost4: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService),
-		kindAny4:  pmProtoPort,
-		kindHost6: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService),
-		kindAny6:  pmProtoPort,
+	pmKeyFields = [...][]nftables.SetDatatype{
+		kindHost4: {nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService},
+		kindAny4:  {nftables.TypeInetProto, nftables.TypeInetService},
+		kindHost6: {nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService},
+		kindAny6:  {nftables.TypeInetProto, nftables.TypeInetService},
 	}
+	pmAddrTypes   = [...]nftables.SetDatatype{famV4: nftables.TypeIPAddr, famV6: nftables.TypeIP6Addr}
 	pmTargetTypes = [...]nftables.SetDatatype{
 		famV4: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService),
 		famV6: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService),
 	}
 )
 
-// pmSharedMap describes the shared verdict map of kind.
+// pmSharedMap describes the shared map of kind: key to target.
 func pmSharedMap(k pmKind) *nftables.Set {
 	return &nftables.Set{Table: pmTableRef(), Name: k.String(), IsMap: true, Concatenation: true,
-		KeyType: pmKeyTypes[k], DataType: nftables.TypeVerdict}
+		KeyType: nftables.MustConcatSetType(pmKeyFields[k]...), DataType: pmTargetTypes[k.fam()]}
 }
 
-// pmOwnerMap describes an owner's map of kind: key to container address and port.
-func pmOwnerMap(chain string, k pmKind, comment string) *nftables.Set {
-	return &nftables.Set{Table: pmTableRef(), Name: pmOwnerMapName(chain, k), IsMap: true, Concatenation: true,
-		KeyType: pmKeyTypes[k], DataType: pmTargetTypes[k.fam()], Comment: comment}
+// pmClaimsMap describes the claims map of kind: owner . key to target.
+func pmClaimsMap(k pmKind) *nftables.Set {
+	return &nftables.Set{Table: pmTableRef(), Name: k.claimsMap(), IsMap: true, Concatenation: true,
+		KeyType:  nftables.MustConcatSetType(append([]nftables.SetDatatype{nftables.TypeIFName}, pmKeyFields[k]...)...),
+		DataType: pmTargetTypes[k.fam()]}
+}
+
+// pmOwnersMap describes the owners map: owner to its number of claims.
+func pmOwnersMapSet() *nftables.Set {
+	// An ifname is host byte order to nft; it reads the data of a map whose
+	// byte order the set does not record as big endian.
+	return &nftables.Set{Table: pmTableRef(), Name: pmOwnersMap, IsMap: true, KeyType: nftables.TypeIFName,
+		KeyByteOrder: binaryutil.NativeEndian, DataType: nftables.TypeMark}
+}
+
+// pmClass is a masquerade class: traffic to keys of kind from a source
+// prefix of length plen is marked with bit.
+type pmClass struct {
+	kind pmKind
+	bit  int
+	plen int
+}
+
+// setName is "host4-mark13-24".
+func (c pmClass) setName() string {
+	return fmt.Sprintf("%s-%s%d-%d", c.kind, pmMarkWord, c.bit, c.plen)
+}
+
+// parseClass reads a class set's name back.
+func parseClass(name string) (pmClass, bool) {
+	kind, rest, ok := strings.Cut(name, "-"+pmMarkWord)
+	if !ok {
+		return pmClass{}, false
+	}
+	b, p, ok := strings.Cut(rest, "-")
+	if !ok {
+		return pmClass{}, false
+	}
+	for _, k := range pmKinds {
+		if k.String() != kind {
+			continue
+		}
+		bit, err1 := strconv.Atoi(b)
+		plen, err2 := strconv.Atoi(p)
+		if err1 != nil || err2 != nil || bit < 0 || bit > 31 || plen < 0 || plen > 8*k.fam().addrLen() {
+			return pmClass{}, false
+		}
+		c := pmClass{kind: k, bit: bit, plen: plen}
+		return c, c.setName() == name
+	}
+	return pmClass{}, false
+}
+
+func (c pmClass) mark() uint32 { return 1 << uint(c.bit) }
+
+func (c pmClass) set() *nftables.Set {
+	fields := append([]nftables.SetDatatype{pmAddrTypes[c.kind.fam()]}, pmKeyFields[c.kind]...)
+	return &nftables.Set{Table: pmTableRef(), Name: c.setName(), Concatenation: true, KeyType: nftables.MustConcatSetType(fields...)}
 }
 
 // NFTPorts is the nftables PortMapper. It talks netlink directly and never
-// runs nft. Every change is one transaction (two when another owner holds
-// one of the keys), made under the flock all plumb processes share.
+// runs nft. Every change is one transaction, made under the flock all
+// plumb processes share.
 type NFTPorts struct {
 	// LockPath is the lock file; DefaultLockPath when empty.
 	LockPath string
 }
 
-var _ PortMapper = (*NFTPorts)(nil)
+var (
+	_ PortMapper        = (*NFTPorts)(nil)
+	_ KnownPortsDeleter = (*NFTPorts)(nil)
+)
 
 // NewNFTPorts checks that the kernel speaks nf_tables and returns the
 // backend; the error wraps ErrNoNFTables when it does not.
@@ -278,81 +365,127 @@ func openPM() (*nftSession, error) {
 	}))
 }
 
-// pmElem is one element of an owner map: its key, target and the earlier
-// claimants of the key, newest first.
-type pmElem struct {
-	key    portKey
-	target []byte
-	ctrIP  net.IP
-	port   uint16
-	prev   []string
+// pmClaim is one owner's claim of a key: where it sends the key's traffic,
+// how it marks it for masquerade, and whom it took the key from.
+type pmClaim struct {
+	key   portKey
+	ctrIP net.IP
+	port  uint16
+	bit   int          // mark bit; -1: no masquerade
+	srcs  []*net.IPNet // source prefixes that are marked
+	prev  []string     // earlier claimants, newest first
 }
 
-// pmOwnerState is what an owner has in the kernel.
-type pmOwnerState struct {
-	chainExists bool
-	maps        [4]bool            // which of the owner's maps exist
-	elems       map[portKey]pmElem // every element of the owner's maps
+func (c pmClaim) target() []byte { return nftTarget(c.ctrIP, c.port) }
+
+func (c pmClaim) mapping() PortMapping {
+	return portMap{key: c.key, ctrIP: c.ctrIP, ctrPort: c.port}.mapping()
 }
 
-func (st pmOwnerState) keys() []portKey {
-	keys := make([]portKey, 0, len(st.elems))
-	for k := range st.elems {
-		keys = append(keys, k)
+// markText is "mark 13 10.88.0.0/24 127.0.0.0/8", "" without masquerade.
+func (c pmClaim) markText() string {
+	if c.bit < 0 {
+		return ""
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		return portMapLess(portMap{key: keys[i]}, portMap{key: keys[j]})
-	})
-	return keys
+	w := []string{pmMarkWord, strconv.Itoa(c.bit)}
+	for _, s := range c.srcs {
+		w = append(w, s.String())
+	}
+	return strings.Join(w, " ")
 }
 
-func (st pmOwnerState) mappings() []PortMapping {
-	var out []PortMapping
-	for _, k := range st.keys() {
-		e := st.elems[k]
-		out = append(out, portMap{key: k, ctrIP: e.ctrIP, ctrPort: e.port}.mapping())
+// comment is the claim element's comment: its marks, then its earlier
+// claimants.
+func (c pmClaim) comment() string {
+	w := c.markText()
+	if len(c.prev) > 0 {
+		w = strings.TrimSpace(w + " " + pmPrevWord + " " + strings.Join(c.prev, " "))
+	}
+	return w
+}
+
+// parseClaimComment reads a claim's comment into c.
+func (c *pmClaim) parseComment(comment string) {
+	c.bit, c.srcs, c.prev = -1, nil, nil
+	f := strings.Fields(comment)
+	for i := 0; i < len(f); i++ {
+		switch {
+		case f[i] == pmMarkWord && i+1 < len(f):
+			if b, err := strconv.Atoi(f[i+1]); err == nil && b >= 0 && b <= 31 {
+				c.bit = b
+			}
+			i++
+			for i+1 < len(f) && f[i+1] != pmPrevWord {
+				if _, n, err := net.ParseCIDR(f[i+1]); err == nil {
+					if ip4 := n.IP.To4(); ip4 != nil && c.key.fam == famV4 {
+						n.IP = ip4
+					}
+					c.srcs = append(c.srcs, n)
+				}
+				i++
+			}
+		case f[i] == pmPrevWord:
+			c.prev = append(c.prev, f[i+1:]...)
+			return
+		}
+	}
+}
+
+// marks are the class elements of the claim's masquerade: set name to key.
+func (c pmClaim) marks() map[string][]byte {
+	if c.bit < 0 {
+		return nil
+	}
+	out := map[string][]byte{}
+	for _, s := range c.srcs {
+		ones, _ := s.Mask.Size()
+		cl := pmClass{kind: kindOf(c.key), bit: c.bit, plen: ones}
+		out[cl.setName()] = append(append([]byte(nil), s.IP.Mask(s.Mask)...), c.key.nftKey()...)
 	}
 	return out
 }
 
-// ownerState reads chain's existence and its maps (one dump per map).
-func (s *nftSession) ownerState(chain string) (pmOwnerState, error) {
-	st := pmOwnerState{elems: map[portKey]pmElem{}}
-	var err error
-	if st.chainExists, err = s.rd.chainExists(pmTable, chain); err != nil || !st.chainExists {
-		return st, err
+// classes are the masquerade classes the claim uses.
+func (c pmClaim) classes() []pmClass {
+	var out []pmClass
+	for _, s := range c.srcs {
+		ones, _ := s.Mask.Size()
+		out = append(out, pmClass{kind: kindOf(c.key), bit: c.bit, plen: ones})
 	}
-	for _, k := range pmKinds {
-		name := pmOwnerMapName(chain, k)
-		elems, exists, err := s.rd.elementsOf(pmTable, name)
-		if err != nil {
-			return st, fmt.Errorf("list map %s: %w", name, err)
-		}
-		st.maps[k] = exists
-		for _, e := range elems {
-			key, ok := pmDecodeKey(k, e.key)
-			ip, port, ok2 := pmDecodeTarget(k.fam(), e.data)
-			if !ok || !ok2 {
-				continue // not ours to understand; the map is rewritten or deleted anyway
+	return out
+}
+
+// pmWanted is what a plan claims, in the plan's order.
+func pmWanted(p portPlan) []pmClaim {
+	out := make([]pmClaim, 0, len(p.maps))
+	for _, m := range p.maps {
+		c := pmClaim{key: m.key, ctrIP: m.ctrIP, port: m.ctrPort, bit: -1}
+		if p.snat {
+			c.bit = bits.TrailingZeros32(p.mark)
+			f := m.key.fam
+			switch {
+			case p.masqAll:
+				c.srcs = []*net.IPNet{{IP: make(net.IP, f.addrLen()), Mask: net.CIDRMask(0, 8*f.addrLen())}}
+			default:
+				c.srcs = []*net.IPNet{p.subnets[f]}
+				if f == famV4 {
+					c.srcs = append(c.srcs, loopback4)
+				}
 			}
-			st.elems[key] = pmElem{key: key, target: e.data, ctrIP: ip, port: port, prev: parsePrev(e.comment)}
 		}
+		out = append(out, c)
 	}
-	return st, nil
+	return out
 }
 
-// parsePrev reads "prev p-a p-b".
-func parsePrev(comment string) []string {
-	rest, ok := strings.CutPrefix(comment, pmPrevPrefix)
-	if !ok {
-		return nil
-	}
-	return strings.Fields(rest)
+// sameClaim reports whether two claims of a key send and mark alike.
+func sameClaim(a, b pmClaim) bool {
+	return a.ctrIP.Equal(b.ctrIP) && a.port == b.port && a.markText() == b.markText()
 }
 
-// prevComment writes the earlier claimants of a key, newest first, without
+// prevList writes the earlier claimants of a key, newest first, without
 // self and duplicates, at most pmPrevMax of them.
-func prevComment(self string, prev []string) string {
+func prevList(self string, prev []string) []string {
 	var out []string
 	seen := map[string]bool{self: true}
 	for _, c := range prev {
@@ -361,225 +494,23 @@ func prevComment(self string, prev []string) string {
 			out = append(out, c)
 		}
 	}
-	if len(out) == 0 {
-		return ""
-	}
-	return pmPrevPrefix + strings.Join(out, " ")
+	return out
 }
 
-// claim reads whether chain (another owner) still publishes k, and whom it
-// took k from; ok is false when the chain or its map or element is gone.
-func (s *nftSession) claim(chain string, k portKey) (prev []string, ok bool, err error) {
-	alive, err := s.rd.chainExists(pmTable, chain)
-	if err != nil || !alive {
-		return nil, false, err
-	}
-	e, ok, err := s.rd.element(pmTable, pmOwnerMapName(chain, kindOf(k)), k.nftKey())
-	if err != nil || !ok {
-		return nil, false, err
-	}
-	return parsePrev(e.comment), true, nil
+func sortClaims(cs []pmClaim) {
+	sort.Slice(cs, func(i, j int) bool {
+		return portMapLess(portMap{key: cs[i].key}, portMap{key: cs[j].key})
+	})
 }
 
-// successor is who gets k when chain lets it go: the first of prev (newest
-// first) that is not going too and still publishes k; "" if none.
-func (s *nftSession) successor(chain string, k portKey, prev []string, going map[string]bool) (string, error) {
-	for _, c := range prev {
-		if c == chain || going[c] {
-			continue
-		}
-		_, ok, err := s.claim(c, k)
-		if err != nil {
-			return "", err
-		}
-		if ok {
-			return c, nil
-		}
+func claimMappings(cs []pmClaim) []PortMapping {
+	sortClaims(cs)
+	var out []PortMapping
+	for _, c := range cs {
+		out = append(out, c.mapping())
 	}
-	return "", nil
+	return out
 }
 
-// pmAdd is what an ADD queues, given who holds each key (nil: assume only
-// this owner does).
-type pmAdd struct {
-	p       portPlan
-	chain   string
-	comment string
-	old     pmOwnerState
-	holders map[portKey]string
-	prevs   map[portKey][]string // earlier claimants of keys taken over
-}
-
-// AddPorts installs the owner's chain and maps and points its keys at the
-// chain. Round trips: five base-chain dumps, four map lookups, a chain
-// lookup (and when the owner exists, a dump per map), one transaction; when
-// another owner holds a key, its keys are looked up (64 to a round trip)
-// and a second transaction takes them over.
-func (m *NFTPorts) AddPorts(ctx context.Context, rule PortRule) error {
-	p, err := parsePortRule(rule)
-	if err != nil {
-		return err
-	}
-	if err := nftOnly(p); err != nil {
-		return err
-	}
-	label, chain := rule.Owner.label(), pmOwnerChain(rule.Owner)
-	fail := func(err error) error { return fmt.Errorf("publish ports of %s: %w", label, err) }
-	release, err := lockFile(ctx, m.LockPath)
-	if err != nil {
-		return fail(err)
-	}
-	defer release()
-	s, err := openPM()
-	if err != nil {
-		return fail(err)
-	}
-	defer s.close()
-
-	old, err := s.ownerState(chain)
-	if err != nil {
-		return fail(err)
-	}
-	mark := uint32(0)
-	if p.snat && len(p.maps) > 0 {
-		mark = p.mark
-	}
-	diff, err := s.pmBaseDiff(mark)
-	if err != nil {
-		return fail(err)
-	}
-	a := pmAdd{p: p, chain: chain, comment: ownerComment(rule.Owner, nftCommentMax), old: old}
-	needLookups := false
-	for _, e := range old.elems {
-		if len(e.prev) > 0 && !a.wanted(e.key) {
-			needLookups = true // a released key may go back to an earlier claimant
-		}
-	}
-	if !needLookups {
-		err = a.queue(s, diff, mark)
-		if err == nil {
-			err = s.conn.Flush()
-		}
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, unix.EEXIST) {
-			return fail(fmt.Errorf("chain %s: %w", chain, noNFTables(err)))
-		}
-	}
-	// Another owner holds some key: look each one up and take it over.
-	if err := a.resolve(s); err != nil {
-		return fail(err)
-	}
-	if err := a.queue(s, diff, mark); err != nil {
-		return fail(err)
-	}
-	if err := s.conn.Flush(); err != nil {
-		return fail(fmt.Errorf("chain %s: %w", chain, noNFTables(err)))
-	}
-	return nil
-}
-
-func (a *pmAdd) wanted(k portKey) bool { return a.p.has(k) }
-
-// resolve looks up the holder of every key the owner wants or had, and for
-// keys held by others whom those took them from.
-func (a *pmAdd) resolve(s *nftSession) error {
-	seen := map[portKey]bool{}
-	var keys []portKey
-	for _, m := range a.p.maps {
-		seen[m.key] = true
-		keys = append(keys, m.key)
-	}
-	for _, k := range a.old.keys() {
-		if !seen[k] {
-			keys = append(keys, k)
-		}
-	}
-	holders, err := s.lookupAll(keys)
-	if err != nil {
-		return err
-	}
-	a.holders, a.prevs = holders, map[portKey][]string{}
-	for _, k := range keys {
-		if h := holders[k]; h != "" && h != a.chain && a.wanted(k) {
-			prev, _, err := s.claim(h, k)
-			if err != nil {
-				return err
-			}
-			a.prevs[k] = append([]string{h}, prev...)
-		}
-	}
-	return nil
-}
-
-// queue queues the whole ADD.
-func (a *pmAdd) queue(s *nftSession, diff string, mark uint32) error {
-	if diff != "" {
-		if err := s.queueBase(mark); err != nil {
-			return err
-		}
-	}
-	t := s.table
-	used := a.p.kinds()
-	// Owner maps before the chain's rules that refer to them.
-	byKind := [4][]nftables.SetElement{}
-	for _, m := range a.p.maps {
-		k := kindOf(m.key)
-		prev := a.prevs[m.key]
-		if prev == nil {
-			prev = a.old.elems[m.key].prev // kept from an earlier ADD
-		}
-		byKind[k] = append(byKind[k], nftables.SetElement{Key: m.key.nftKey(), Val: m.nftTarget(), Comment: prevComment(a.chain, prev)})
-	}
-	for _, k := range pmKinds {
-		if !used[k] {
-			continue
-		}
-		set := pmOwnerMap(a.chain, k, a.comment)
-		if err := s.conn.AddSet(set, nil); err != nil {
-			return fmt.Errorf("add map %s: %w", set.Name, err)
-		}
-		if a.old.maps[k] {
-			s.conn.FlushSet(set)
-		}
-		if err := inChunks(set, byKind[k], s.conn.SetAddElements); err != nil {
-			return fmt.Errorf("add elements to %s: %w", set.Name, err)
-		}
-	}
-	ch := s.conn.AddChain(&nftables.Chain{Name: a.chain, Table: t})
-	s.conn.FlushChain(ch)
-	for _, r := range pmOwnerRules(a.p, a.chain) {
-		s.conn.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r})
-	}
-	for _, k := range pmKinds {
-		if a.old.maps[k] && !used[k] {
-			s.conn.DelSet(pmOwnerMap(a.chain, k, ""))
-		}
-	}
-
-	// The shared maps: keys the owner wants, then keys it had and no
-	// longer wants. Without lookups, "add mine, then delete" removes a key
-	// exactly when it is still the owner's (the add clashes otherwise);
-	// with lookups, a key still the owner's goes back to its earlier
-	// claimant if one remains.
-	var ops pmOps
-	for _, m := range a.p.maps {
-		h, known := a.holders[m.key]
-		switch {
-		case !known, h == "":
-			ops.pre(m.key, a.chain)
-		case h != a.chain:
-			ops.move(m.key, a.chain)
-		}
-	}
-	for _, key := range a.old.keys() {
-		if a.wanted(key) {
-			continue
-		}
-		if err := ops.release(s, a.chain, key, a.old.elems[key].prev, a.holders, nil); err != nil {
-			return err
-		}
-	}
-	return ops.queue(s)
-}
+// countData encodes an owner's number of claims as the owners map stores it.
+func countData(n int) []byte { return binaryutil.BigEndian.PutUint32(uint32(n)) }

@@ -4,71 +4,12 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
-// Single questions about sets, for the port mapper: does an owner's map
-// exist (so its elements can be dumped, or the map deleted, without
-// listing every set), and whose is it (its comment).
-
-// getSet asks for one set of table; ok is false when it (or the table) is
-// absent.
-func (r *nftReader) getSet(table, set string) (msgs []netlink.Message, ok bool, err error) {
-	msgs, err = r.request(unix.NFT_MSG_GETSET, false, []netlink.Attribute{
-		{Type: unix.NFTA_SET_TABLE, Data: cstr(table)},
-		{Type: unix.NFTA_SET_NAME, Data: cstr(set)},
-	})
-	ok, err = found(err)
-	return msgs, ok, err
-}
-
-// setExists reports whether set exists in table.
-func (r *nftReader) setExists(table, set string) (bool, error) {
-	_, ok, err := r.getSet(table, set)
-	return ok, err
-}
-
-// elementsOf dumps set; exists is false when it (or the table) is absent.
-func (r *nftReader) elementsOf(table, set string) (elems []vmapElem, exists bool, err error) {
-	msgs, err := r.request(unix.NFT_MSG_GETSETELEM, true, []netlink.Attribute{
-		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: cstr(table)},
-		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: cstr(set)},
-	})
-	if exists, err = found(err); !exists || err != nil {
-		return nil, exists, err
-	}
-	elems, err = decodeElems(msgs)
-	return elems, true, err
-}
-
-// setComment is the comment of set; ok is false when the set is absent or
-// has none.
-func (r *nftReader) setComment(table, set string) (comment string, ok bool, err error) {
-	msgs, ok, err := r.getSet(table, set)
-	if err != nil || !ok {
-		return "", false, err
-	}
-	for _, m := range msgs {
-		if len(m.Data) < 4 {
-			continue
-		}
-		ad, err := newDecoder(m.Data[4:])
-		if err != nil {
-			return "", false, err
-		}
-		for ad.Next() {
-			if ad.Type() == unix.NFTA_SET_USERDATA {
-				comment, ok = userdata.GetString(ad.Bytes(), userdata.NFTNL_UDATA_SET_COMMENT)
-			}
-		}
-		if err := ad.Err(); err != nil {
-			return "", false, err
-		}
-	}
-	return comment, ok, nil
-}
+// Questions about sets for the port mapper: the names of the table's sets,
+// and many element lookups to a netlink round trip.
 
 // elemQuery names one element: the set and the key.
 type elemQuery struct {
@@ -122,4 +63,41 @@ func (r *nftReader) lookupElements(table string, qs []elemQuery) ([]*vmapElem, e
 		}
 	}
 	return out, nil
+}
+
+// setNames lists the names of table's sets and maps (none when the table
+// is absent).
+func (r *nftReader) setNames(table string) (map[string]bool, error) {
+	msgs, err := r.request(unix.NFT_MSG_GETSET, true, []netlink.Attribute{
+		{Type: unix.NFTA_SET_TABLE, Data: cstr(table)},
+	})
+	if ok, err := found(err); !ok || err != nil {
+		return map[string]bool{}, err
+	}
+	names := map[string]bool{}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := newDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		var name, tbl string
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_SET_NAME:
+				name = ad.String()
+			case unix.NFTA_SET_TABLE:
+				tbl = ad.String()
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, err
+		}
+		if tbl == table && name != "" {
+			names[name] = true
+		}
+	}
+	return names, nil
 }

@@ -12,16 +12,17 @@ import (
 	"testing"
 )
 
-// pmNFTDump is `nft -j list table inet plumb_portmap`, reduced: chains by
-// name, maps by name.
+// pmNFTDump is `nft -j list table inet plumb_portmap`, reduced: chains,
+// maps and sets by name.
 type pmNFTDump struct {
 	chains map[string]map[string]any
 	maps   map[string]map[string]any
+	sets   map[string]map[string]any
 }
 
 func listPM(t *testing.T) (pmNFTDump, bool) {
 	t.Helper()
-	d := pmNFTDump{chains: map[string]map[string]any{}, maps: map[string]map[string]any{}}
+	d := pmNFTDump{chains: map[string]map[string]any{}, maps: map[string]map[string]any{}, sets: map[string]map[string]any{}}
 	out, err := command("nft", "-j", "list", "table", "inet", pmTable)
 	if err != nil {
 		if strings.Contains(err.Error(), "No such file or directory") {
@@ -42,18 +43,28 @@ func listPM(t *testing.T) (pmNFTDump, bool) {
 		if m, ok := obj["map"]; ok {
 			d.maps[m["name"].(string)] = m
 		}
+		if m, ok := obj["set"]; ok {
+			d.sets[m["name"].(string)] = m
+		}
 	}
 	return d, true
+}
+
+// nftElemVal unwraps an element with a comment: its value and comment.
+func nftElemVal(v any) (any, string) {
+	if obj, ok := v.(map[string]any); ok {
+		if e, ok := obj["elem"]; ok {
+			c, _ := e.(map[string]any)["comment"].(string)
+			return e.(map[string]any)["val"], c
+		}
+	}
+	return v, ""
 }
 
 // nftConcat reads a {"concat": [...]} value as strings.
 func nftConcat(t *testing.T, v any) []string {
 	t.Helper()
-	if obj, ok := v.(map[string]any); ok {
-		if e, ok := obj["elem"]; ok { // an element with a comment
-			v = e.(map[string]any)["val"]
-		}
-	}
+	v, _ = nftElemVal(v)
 	parts, ok := v.(map[string]any)["concat"].([]any)
 	if !ok {
 		t.Fatalf("not a concatenation: %v", v)
@@ -72,7 +83,7 @@ func nftConcat(t *testing.T, v any) []string {
 	return out
 }
 
-// nftKeyText renders a shared or owner map key as portKey.String does.
+// nftKeyText renders a shared map key as portKey.String does.
 func nftKeyText(t *testing.T, v6 bool, key []string) string {
 	t.Helper()
 	host := "0.0.0.0"
@@ -89,24 +100,13 @@ func pmElems(m map[string]any) [][]any {
 	var out [][]any
 	elems, _ := m["elem"].([]any)
 	for _, e := range elems {
-		out = append(out, e.([]any))
+		if pair, ok := e.([]any); ok {
+			out = append(out, pair)
+		} else {
+			out = append(out, []any{e})
+		}
 	}
 	return out
-}
-
-// pmOwnerMapOf splits "p-<net>-<owner>-a4" into the owner chain and kind.
-func pmOwnerMapOf(name string) (chain string, v6 bool, ok bool) {
-	i := strings.LastIndex(name, "-")
-	if !strings.HasPrefix(name, pmOwnerPrefix) || i < 0 {
-		return "", false, false
-	}
-	switch name[i+1:] {
-	case "a4", "h4":
-		return name[:i], false, true
-	case "a6", "h6":
-		return name[:i], true, true
-	}
-	return "", false, false
 }
 
 func nftPMHarness() pmHarness {
@@ -127,29 +127,22 @@ func nftPMHarness() pmHarness {
 			if !ok {
 				return v
 			}
-			for name := range d.chains {
-				if strings.HasPrefix(name, pmOwnerPrefix) {
-					v.owners[name] = nil
-				}
+			for _, e := range pmElems(d.maps[pmOwnersMap]) {
+				id, _ := nftElemVal(e[0])
+				v.owners[id.(string)] = nil
 			}
-			for name, m := range d.maps {
-				if k := strings.TrimSuffix(strings.TrimSuffix(name, "4"), "6"); k == "host" || k == "any" {
-					for _, e := range pmElems(m) {
-						key := nftKeyText(t, strings.HasSuffix(name, "6"), nftConcat(t, e[0]))
-						v.holders[key] = e[1].(map[string]any)["goto"].(map[string]any)["target"].(string)
+			for _, k := range pmKinds {
+				v6 := k.fam() == famV6
+				for _, e := range pmElems(d.maps[k.String()]) {
+					_, holder := nftElemVal(e[0])
+					v.holders[nftKeyText(t, v6, nftConcat(t, e[0]))] = holder
+				}
+				for _, e := range pmElems(d.maps[k.claimsMap()]) {
+					key, to := nftConcat(t, e[0]), nftConcat(t, e[1])
+					if _, ok := v.owners[key[0]]; !ok {
+						t.Fatalf("claim %v of an owner not in map %s", key, pmOwnersMap)
 					}
-					continue
-				}
-				chain, v6, ok := pmOwnerMapOf(name)
-				if !ok {
-					t.Fatalf("unexpected map %s", name)
-				}
-				if _, ok := v.owners[chain]; !ok {
-					t.Fatalf("map %s without its chain", name)
-				}
-				for _, e := range pmElems(m) {
-					to := nftConcat(t, e[1])
-					v.owners[chain] = append(v.owners[chain], nftKeyText(t, v6, nftConcat(t, e[0]))+" -> "+net.JoinHostPort(to[0], to[1]))
+					v.owners[key[0]] = append(v.owners[key[0]], nftKeyText(t, v6, key[1:])+" -> "+net.JoinHostPort(to[0], to[1]))
 				}
 			}
 			for c := range v.owners {
@@ -157,7 +150,7 @@ func nftPMHarness() pmHarness {
 			}
 			return v
 		},
-		chainOf: pmOwnerChain,
+		chainOf: pmOwnerID,
 		base: func(t *testing.T) {
 			d, ok := listPM(t)
 			if !ok {
@@ -178,10 +171,10 @@ func nftPMHarness() pmHarness {
 				pmOutChain:   {"fib daddr type local jump ports"},
 				pmPostChain:  {"meta mark & 0x00002000 == 0x00002000 masquerade"},
 				pmPortsChain: {
-					"ip daddr . meta l4proto . th dport vmap @host4",
-					"meta nfproto ipv4 meta l4proto . th dport vmap @any4",
-					"ip6 daddr . meta l4proto . th dport vmap @host6",
-					"meta nfproto ipv6 meta l4proto . th dport vmap @any6",
+					"meta nfproto ipv4 jump host4",
+					"meta nfproto ipv4 jump any4",
+					"meta nfproto ipv6 jump host6",
+					"meta nfproto ipv6 jump any6",
 				},
 			} {
 				got := pmChainRules(t, chain)
@@ -190,6 +183,34 @@ func nftPMHarness() pmHarness {
 				}
 				if !reflect.DeepEqual(got, want) {
 					t.Fatalf("chain %s rules %q, want %q", chain, got, want)
+				}
+			}
+			for k, dnat := range map[pmKind]string{
+				kindHost4: "dnat ip to ip daddr . meta l4proto . th dport map @host4",
+				kindAny4:  "meta nfproto ipv4 dnat ip to meta l4proto . th dport map @any4",
+				kindHost6: "dnat ip6 to ip6 daddr . meta l4proto . th dport map @host6",
+				kindAny6:  "meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @any6",
+			} {
+				got := pmChainRules(t, k.String())
+				if len(got) == 0 || got[len(got)-1] != dnat {
+					t.Fatalf("chain %s rules %q, want %q last", k, got, dnat)
+				}
+				seen := map[string]bool{}
+				for _, r := range got[:len(got)-1] {
+					i := strings.Index(r, "@"+k.String()+"-mark")
+					if i < 0 || seen[r] || !strings.Contains(r, " meta mark set meta mark | 0x") {
+						t.Fatalf("chain %s: rule %q is not one of its mark rules, or twice (%q)", k, r, got)
+					}
+					seen[r] = true
+					if _, ok := d.sets[strings.Fields(r[i+1:])[0]]; !ok {
+						t.Fatalf("chain %s: rule %q looks up a missing set", k, r)
+					}
+				}
+			}
+			for _, m := range append([]string{pmOwnersMap}, "host4", "any4", "host6", "any6",
+				"claims-host4", "claims-any4", "claims-host6", "claims-any6") {
+				if _, ok := d.maps[m]; !ok {
+					t.Fatalf("map %s is missing", m)
 				}
 			}
 		},
@@ -208,8 +229,16 @@ func nftPMHarness() pmHarness {
 			}
 			mustCommand(t, "nft", "delete", "element", "inet", pmTable, kind, "{ "+elem+" }")
 		},
+		// flushOwner empties what is o's alone: its claims and its
+		// masquerade marks (the tests call it with o the only owner).
 		flushOwner: func(t *testing.T, o Owner) {
-			mustCommand(t, "nft", "flush", "chain", "inet", pmTable, pmOwnerChain(o))
+			d, _ := listPM(t)
+			for name := range d.sets {
+				mustCommand(t, "nft", "flush", "set", "inet", pmTable, name)
+			}
+			for _, k := range pmKinds {
+				mustCommand(t, "nft", "flush", "map", "inet", pmTable, k.claimsMap())
+			}
 		},
 	}
 }
@@ -236,8 +265,9 @@ func TestNFTPorts(t *testing.T) {
 	runPortSuite(t, nftPMHarness())
 }
 
-// TestNFTPortsLayout pins what nft prints of an owner's chain and maps, so
-// an operator reading `nft list ruleset` sees the design.
+// TestNFTPortsLayout pins what nft prints of an owner's elements and the
+// chains that use them, so an operator reading `nft list ruleset` sees the
+// design.
 func TestNFTPortsLayout(t *testing.T) {
 	requireThrowawayNS(t)
 	ctx := context.Background()
@@ -255,22 +285,49 @@ func TestNFTPortsLayout(t *testing.T) {
 	if err := m.AddPorts(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	c := pmOwnerChain(ownerA)
-	want := []string{
-		"ip saddr 10.88.0.0/24 meta mark set meta mark | 0x00002000",
-		"ip saddr 127.0.0.0/8 meta mark set meta mark | 0x00002000",
-		"ip6 saddr fd00:88::/64 meta mark set meta mark | 0x00002000",
-		"dnat ip to ip daddr . meta l4proto . th dport map @" + c + "-h4",
-		"meta nfproto ipv4 dnat ip to meta l4proto . th dport map @" + c + "-a4",
-		"meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @" + c + "-a6",
+	id := pmOwnerID(ownerA)
+	for chain, want := range map[string][]string{
+		"host4": {
+			"ip saddr & 255.0.0.0 . ip daddr . meta l4proto . th dport @host4-mark13-8 meta mark set meta mark | 0x00002000",
+			"ip saddr & 255.255.255.0 . ip daddr . meta l4proto . th dport @host4-mark13-24 meta mark set meta mark | 0x00002000",
+			"dnat ip to ip daddr . meta l4proto . th dport map @host4",
+		},
+		"any4": {
+			"ip saddr & 255.0.0.0 . meta l4proto . th dport @any4-mark13-8 meta mark set meta mark | 0x00002000",
+			"ip saddr & 255.255.255.0 . meta l4proto . th dport @any4-mark13-24 meta mark set meta mark | 0x00002000",
+			"meta nfproto ipv4 dnat ip to meta l4proto . th dport map @any4",
+		},
+		"any6": {
+			"ip6 saddr & ffff:ffff:ffff:ffff:: . meta l4proto . th dport @any6-mark13-64 meta mark set meta mark | 0x00002000",
+			"meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @any6",
+		},
+		"host6": {"dnat ip6 to ip6 daddr . meta l4proto . th dport map @host6"},
+	} {
+		if got := pmChainRules(t, chain); !reflect.DeepEqual(got, want) {
+			t.Fatalf("chain %s:\n got %q\nwant %q", chain, got, want)
+		}
 	}
-	if got := pmChainRules(t, c); !reflect.DeepEqual(got, want) {
-		t.Fatalf("chain %s:\n got %q\nwant %q", c, got, want)
+	elems := func(kind, name string) string {
+		t.Helper()
+		return mustCommand(t, "nft", "list", kind, "inet", pmTable, name)
 	}
-	out := mustCommand(t, "nft", "list", "map", "inet", pmTable, c+"-a4")
-	for _, w := range []string{`comment "plumb ` + ownerA.Hash() + ` net1 ctr-a eth0"`, "tcp . 8080 : 10.88.0.2 . 80"} {
-		if !strings.Contains(out, w) {
-			t.Fatalf("map %s-a4:\n%s\nwant %s", c, out, w)
+	for name, want := range map[string][]string{
+		"map any4":            {`tcp . 8080 comment "` + id + `" : 10.88.0.2 . 80`},
+		"map host4":           {`192.0.2.1 . tcp . 8081 comment "` + id + `" : 10.88.0.2 . 81`},
+		"map claims-any4":     {`"` + id + `" . tcp . 8080 comment "mark 13 10.88.0.0/24 127.0.0.0/8" : 10.88.0.2 . 80`},
+		"map claims-any6":     {`"` + id + `" . tcp . 8080 comment "mark 13 fd00:88::/64" : fd00:88::2 . 80`},
+		"map owners":          {`"` + id + `" comment "plumb ` + ownerA.Hash() + ` net1 ctr-a eth0" : 0x00000003`},
+		"set any4-mark13-24":  {"10.88.0.0 . tcp . 8080"},
+		"set any4-mark13-8":   {"127.0.0.0 . tcp . 8080"},
+		"set host4-mark13-24": {"10.88.0.0 . 192.0.2.1 . tcp . 8081"},
+		"set any6-mark13-64":  {"fd00:88:: . tcp . 8080"},
+	} {
+		kind, set, _ := strings.Cut(name, " ")
+		out := elems(kind, set)
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Fatalf("%s:\n%s\nwant %s", name, out, w)
+			}
 		}
 	}
 
@@ -279,16 +336,27 @@ func TestNFTPortsLayout(t *testing.T) {
 	if err := m.AddPorts(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	if got := pmChainRules(t, c)[:2]; !reflect.DeepEqual(got, []string{
-		"meta nfproto ipv4 meta mark set meta mark | 0x00002000", "meta nfproto ipv6 meta mark set meta mark | 0x00002000"}) {
-		t.Fatalf("masqAll marks: %q", got)
+	if out := elems("map", "claims-any4"); !strings.Contains(out, `comment "mark 13 0.0.0.0/0"`) {
+		t.Fatalf("masqAll claim:\n%s", out)
+	}
+	if out := elems("set", "any4-mark13-0"); !strings.Contains(out, "0.0.0.0 . tcp . 8080") {
+		t.Fatalf("masqAll marks:\n%s", out)
+	}
+	if out := elems("set", "any4-mark13-24"); strings.Contains(out, "8080") {
+		t.Fatalf("the subnet mark stayed with masqAll:\n%s", out)
 	}
 	r.SNAT = false
 	if err := m.AddPorts(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	if got := pmChainRules(t, c); len(got) != 3 || strings.Contains(strings.Join(got, "\n"), "mark") {
-		t.Fatalf("without snat: %q", got)
+	if out := elems("map", "claims-any4"); strings.Contains(out, "mark") {
+		t.Fatalf("claim without snat:\n%s", out)
+	}
+	d, _ := listPM(t)
+	for name, set := range d.sets {
+		if len(pmElems(set)) > 0 {
+			t.Fatalf("without snat, set %s still has %v", name, pmElems(set))
+		}
 	}
 }
 
@@ -306,22 +374,22 @@ func TestNFTPortsTakeoverComment(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	last := pmOwnerChain(owners[len(owners)-1])
-	out := mustCommand(t, "nft", "list", "map", "inet", pmTable, last+"-a4")
+	last := pmOwnerID(owners[len(owners)-1])
+	out := mustCommand(t, "nft", "list", "map", "inet", pmTable, "claims-any4")
 	var prev []string
 	for i := len(owners) - 2; i >= len(owners)-1-pmPrevMax; i-- {
-		prev = append(prev, pmOwnerChain(owners[i]))
+		prev = append(prev, pmOwnerID(owners[i]))
 	}
-	if want := `comment "prev ` + strings.Join(prev, " ") + `"`; !strings.Contains(out, want) {
-		t.Fatalf("map of the newest claimant:\n%s\nwant %s", out, want)
+	if want := `"` + last + `" . udp . 53 comment "mark 13 10.88.0.0/24 127.0.0.0/8 prev ` + strings.Join(prev, " ") + `"`; !strings.Contains(out, want) {
+		t.Fatalf("claims of the newest claimant:\n%s\nwant %s", out, want)
 	}
 	// The newest goes: the one before takes the key; and so on down.
 	for i := len(owners) - 1; i > 0; i-- {
 		if _, err := m.DelPorts(ctx, owners[i]); err != nil {
 			t.Fatal(err)
 		}
-		if got := nftPMHarness().view(t).holders["udp 0.0.0.0:53"]; got != pmOwnerChain(owners[i-1]) {
-			t.Fatalf("after DEL of %s the key goes to %q, want %s", owners[i].ContainerID, got, pmOwnerChain(owners[i-1]))
+		if got := nftPMHarness().view(t).holders["udp 0.0.0.0:53"]; got != pmOwnerID(owners[i-1]) {
+			t.Fatalf("after DEL of %s the key goes to %q, want %s", owners[i].ContainerID, got, pmOwnerID(owners[i-1]))
 		}
 	}
 }
@@ -345,5 +413,93 @@ func TestNFTPortsUnsupported(t *testing.T) {
 	}
 	if out := mustCommand(t, "nft", "list", "ruleset"); strings.TrimSpace(out) != "" {
 		t.Fatalf("refused ADDs created:\n%s", out)
+	}
+}
+
+// pmSkeleton is plumb_portmap without set elements: every chain, rule
+// (with its handle) and set or map (with its types), as nft prints them.
+func pmSkeleton(t *testing.T) []string {
+	t.Helper()
+	out := mustCommand(t, "nft", "-j", "list", "table", "inet", pmTable)
+	var doc struct {
+		Nftables []map[string]map[string]any `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatalf("parse nft -j output: %v", err)
+	}
+	var skel []string
+	for _, obj := range doc.Nftables {
+		for kind, o := range obj {
+			if kind == "metainfo" {
+				continue
+			}
+			if kind == "map" && o["map"] == "verdict" {
+				t.Fatalf("map %s has verdicts: adding one revalidates the table", o["name"])
+			}
+			delete(o, "elem")
+			b, err := json.Marshal(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			skel = append(skel, kind+" "+string(b))
+		}
+	}
+	sort.Strings(skel)
+	return skel
+}
+
+// TestNFTPortsSteadyStateOnlyElements guards what keeps ADD and DEL flat
+// in the number of containers: once the table and the masquerade classes
+// in use exist, an ADD (taking a key over), a DEL (giving it back) and a
+// DEL without mappings known add or delete no chain, no rule and no set,
+// and no map holds verdicts (a jump or goto element, or a new rule with a
+// lookup or NAT, makes the kernel revalidate every chain and map element).
+func TestNFTPortsSteadyStateOnlyElements(t *testing.T) {
+	requireThrowawayNS(t)
+	ctx := context.Background()
+	m := nftPMHarness().fresh(t).(*NFTPorts)
+	for i := range 50 {
+		o := Owner{Network: "net1", ContainerID: fmt.Sprintf("fill-%d", i), IfName: "eth0"}
+		if err := m.AddPorts(ctx, pmRule(t, o, []string{fmt.Sprintf("10.88.1.%d/16", i+2), fmt.Sprintf("fd00:88::1:%d/64", i+2)},
+			fmt.Sprintf("tcp %d:80", 10000+i), fmt.Sprintf("udp6 %d:53", 10000+i), "tcp 8080:80")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := pmRule(t, ownerA, dualA, "tcp 8080:80", "udp 5353:53", "tcp6 8080:80", "tcp 192.0.2.1:8081:81")
+	// The first ADD of a class (mark bit, source prefix) adds its set and rules.
+	if err := m.AddPorts(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DelPortsKnown(ctx, m, ownerA, r.Mappings); err != nil {
+		t.Fatal(err)
+	}
+	before := pmSkeleton(t)
+	same := func(what string) {
+		t.Helper()
+		if after := pmSkeleton(t); !reflect.DeepEqual(before, after) {
+			t.Fatalf("%s changed more than elements:\nbefore %q\nafter  %q", what, before, after)
+		}
+	}
+	holder := func() string { return nftPMHarness().view(t).holders["tcp 0.0.0.0:8080"] }
+	for _, known := range []bool{true, false} {
+		if err := m.AddPorts(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		same("ADD")
+		if got := holder(); got != pmOwnerID(ownerA) {
+			t.Fatalf("after ADD tcp 8080 goes to %q, want ownerA", got)
+		}
+		var hint []PortMapping
+		if known {
+			hint = r.Mappings
+		}
+		got, err := DelPortsKnown(ctx, m, ownerA, hint)
+		if err != nil || len(got) != 4 {
+			t.Fatalf("DEL (mappings known %t) = %v, %v", known, got, err)
+		}
+		same("DEL")
+		if got := holder(); got != pmOwnerID(Owner{Network: "net1", ContainerID: "fill-49", IfName: "eth0"}) {
+			t.Fatalf("after DEL tcp 8080 goes to %q, want fill-49", got)
+		}
 	}
 }
