@@ -459,23 +459,12 @@ func (m *IPTPorts) AddPorts(ctx context.Context, rule PortRule) error {
 }
 
 func (f *iptFamily) pmAdd(ctx context.Context, p portPlan, chain, comment string, maps []portMap) error {
-	st, err := f.pmReadState(ctx, chain)
-	if err != nil {
-		return err
-	}
 	mark := uint32(0)
 	if p.snat && p.extMark == "" {
 		mark = p.mark
 	}
-	nat, raw, err := f.pmBaseLines(ctx, st, mark)
-	if err != nil {
-		return err
-	}
 	conds := p.conds[f.fam]
-	var old []iptPMJump
-	if st.ownExists {
-		old = iptPMJumps(iptPMParseOwner(f.fam, st.own), conds, comment, chain)
-	}
+	var nat, raw []string
 	lines := func(old []string) []string {
 		l := append([]string(nil), nat...)
 		l = append(l, old...)
@@ -488,6 +477,25 @@ func (f *iptFamily) pmAdd(ctx context.Context, p portPlan, chain, comment string
 			l = append(l, "-I "+jumps[i].chain+" 1 "+jumps[i].spec)
 		}
 		return l
+	}
+	// A new owner on a complete base: nothing to list (see iptNFTView).
+	if v, ok := f.nftView("nat", "raw"); ok {
+		inPlace := v.pmBaseInPlace(f.fam, chain, mark)
+		v.close()
+		if inPlace {
+			return f.pmApply(ctx, lines(nil), nil)
+		}
+	}
+	st, err := f.pmReadState(ctx, chain)
+	if err != nil {
+		return err
+	}
+	if nat, raw, err = f.pmBaseLines(ctx, st, mark); err != nil {
+		return err
+	}
+	var old []iptPMJump
+	if st.ownExists {
+		old = iptPMJumps(iptPMParseOwner(f.fam, st.own), conds, comment, chain)
 	}
 	var dels []string
 	for _, j := range old {

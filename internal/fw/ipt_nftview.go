@@ -1,0 +1,218 @@
+package fw
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+)
+
+// iptables-nft keeps its rules in nf_tables, where plumb can read them
+// through netlink in-process instead of starting `iptables -S` for each
+// chain (2-4 ms each; a portmap ADD ran six). The view below only ever
+// confirms: when it can show that plumb's shared objects are in place and
+// the owner's chain is new, an ADD skips its listings and goes straight to
+// its one iptables-restore. When it cannot (legacy iptables, a rule it
+// does not recognise, anything missing), the caller takes the listing
+// path, which checks precisely and repairs.
+
+// iptNFTView reads one family's iptables-nft tables.
+type iptNFTView struct {
+	conn   *nftables.Conn
+	rd     *nftReader
+	family nftables.TableFamily
+}
+
+// nftView returns a view when this family's iptables is the nf_tables
+// variant and no legacy table of that name is loaded.
+func (f *iptFamily) nftView(tables ...string) (*iptNFTView, bool) {
+	if !iptablesIsNFT(f.cmd) {
+		return nil, false
+	}
+	names, fam := "/proc/net/ip_tables_names", nftables.TableFamilyIPv4
+	if f.fam == famV6 {
+		names, fam = "/proc/net/ip6_tables_names", nftables.TableFamilyIPv6
+	}
+	if b, err := os.ReadFile(names); err == nil {
+		for _, t := range strings.Fields(string(b)) {
+			for _, want := range tables {
+				if t == want {
+					return nil, false // legacy x_tables in use: only iptables can tell
+				}
+			}
+		}
+	}
+	rd, err := dialNFTReader()
+	if err != nil {
+		return nil, false
+	}
+	conn, err := nftables.New(nftables.AsLasting())
+	if err != nil {
+		rd.Close()
+		return nil, false
+	}
+	return &iptNFTView{conn: conn, rd: rd, family: fam}, true
+}
+
+// iptablesIsNFT reports whether the iptables binary at path is
+// xtables-nft-multi (through the alternatives' symlinks).
+func iptablesIsNFT(path string) bool {
+	real, err := filepath.EvalSymlinks(path)
+	return err == nil && strings.Contains(filepath.Base(real), "nft")
+}
+
+func (v *iptNFTView) close() {
+	v.conn.CloseLasting()
+	v.rd.Close()
+}
+
+// rules returns chain's rules (none for an absent chain); ok is false when
+// they could not be read.
+func (v *iptNFTView) rules(table, chain string) ([]*nftables.Rule, bool) {
+	rs, err := v.conn.GetRules(&nftables.Table{Name: table, Family: v.family}, &nftables.Chain{Name: chain})
+	return rs, err == nil
+}
+
+// exists reports whether chain exists in table; a failed read counts as
+// existing, the answer that makes the caller check precisely.
+func (v *iptNFTView) exists(table, chain string) bool {
+	ok, err := v.rd.chainExistsIn(byte(v.family), table, chain)
+	return ok || err != nil
+}
+
+// jumpsTo reports whether some rule of chain jumps to target.
+func (v *iptNFTView) jumpsTo(table, chain, target string) bool {
+	rs, ok := v.rules(table, chain)
+	if !ok {
+		return false
+	}
+	for _, r := range rs {
+		if jumpTarget(r) == target {
+			return true
+		}
+	}
+	return false
+}
+
+// jumpTarget is the chain r jumps to, "" if none.
+func jumpTarget(r *nftables.Rule) string {
+	for _, e := range r.Exprs {
+		if vd, ok := e.(*expr.Verdict); ok && vd.Kind == expr.VerdictJump {
+			return vd.Chain
+		}
+	}
+	return ""
+}
+
+// onlyJumps reports whether chain holds exactly one unconditional jump per
+// target, in order.
+func (v *iptNFTView) onlyJumps(table, chain string, targets ...string) bool {
+	rs, ok := v.rules(table, chain)
+	if !ok || len(rs) != len(targets) {
+		return false
+	}
+	for i, r := range rs {
+		for _, e := range r.Exprs {
+			switch e.(type) {
+			case *expr.Counter, *expr.Verdict:
+			default:
+				return false // a condition: not our rule
+			}
+		}
+		if jumpTarget(r) != targets[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// masqByMark reports whether chain masquerades packets whose mark has the
+// bits of mark set (iptables' -m mark --mark M/M -j MASQUERADE).
+func (v *iptNFTView) masqByMark(table, chain string, mark uint32) bool {
+	rs, ok := v.rules(table, chain)
+	if !ok {
+		return false
+	}
+	m := binaryutil.NativeEndian.PutUint32(mark)
+	for _, r := range rs {
+		var masked, equal, masq bool
+		for _, e := range r.Exprs {
+			switch e := e.(type) {
+			case *expr.Bitwise:
+				masked = masked || bytes.Equal(e.Mask, m)
+			case *expr.Cmp:
+				equal = equal || (e.Op == expr.CmpOpEq && bytes.Equal(e.Data, m))
+			case *expr.Masq:
+				masq = true
+			case *expr.Target: // iptables-nft keeps -j MASQUERADE as an xtables target
+				masq = masq || e.Name == "MASQUERADE"
+			}
+		}
+		if masked && equal && masq {
+			return true
+		}
+	}
+	return false
+}
+
+// loopbackGuard reports whether chain drops IPv4 packets to 127.0.0.0/8
+// that did not come in on lo (iptPMGuard).
+func (v *iptNFTView) loopbackGuard(table, chain string) bool {
+	rs, ok := v.rules(table, chain)
+	if !ok {
+		return false
+	}
+	for _, r := range rs {
+		var drop, notLo, loopNet bool
+		for _, e := range r.Exprs {
+			switch e := e.(type) {
+			case *expr.Verdict:
+				drop = drop || e.Kind == expr.VerdictDrop
+			case *expr.Cmp:
+				notLo = notLo || (e.Op == expr.CmpOpNeq && bytes.HasPrefix(e.Data, []byte("lo\x00")))
+				// iptables-nft compares only the first byte for a /8.
+				loopNet = loopNet || (e.Op == expr.CmpOpEq && (bytes.Equal(e.Data, []byte{127}) || bytes.Equal(e.Data, []byte{127, 0, 0, 0})))
+			}
+		}
+		if drop && notLo && loopNet {
+			return true
+		}
+	}
+	return false
+}
+
+// Chains the nat hooks are, as iptables-nft names them.
+const (
+	iptPrerouting  = "PREROUTING"
+	iptOutput      = "OUTPUT"
+	iptPostrouting = "POSTROUTING"
+)
+
+// pmBaseInPlace reports whether portmap's shared iptables objects for this
+// family are all in place, mark's masquerade rule included (0: none
+// needed), and chain (the owner's) does not exist yet.
+func (v *iptNFTView) pmBaseInPlace(f family, chain string, mark uint32) bool {
+	if v.exists("nat", chain) {
+		return false // a re-ADD: the listing path finds the old jumps
+	}
+	if !v.onlyJumps("nat", iptPMEntry, iptPMHost, iptPMAny) || !v.exists("nat", iptPMHost) || !v.exists("nat", iptPMAny) {
+		return false
+	}
+	if !v.jumpsTo("nat", iptPrerouting, iptPMEntry) || !v.jumpsTo("nat", iptOutput, iptPMEntry) {
+		return false
+	}
+	if mark != 0 && !v.masqByMark("nat", iptPostrouting, mark) {
+		return false
+	}
+	return f != famV4 || v.loopbackGuard("raw", iptPrerouting)
+}
+
+// masqBaseInPlace reports whether POSTROUTING jumps to PLUMB-MASQ and
+// chain (the owner's) does not exist yet.
+func (v *iptNFTView) masqBaseInPlace(chain string) bool {
+	return !v.exists("nat", chain) && v.exists("nat", iptMasqChain) && v.jumpsTo("nat", iptPostrouting, iptMasqChain)
+}
