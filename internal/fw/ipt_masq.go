@@ -432,22 +432,54 @@ func (f *iptFamily) add(ctx context.Context, chain, comment string, addrs []masq
 // only validated. Per family: iptables -S of the owner chain; when it
 // exists, iptables -S PLUMB-MASQ and one iptables-restore batch.
 func (m *IPTMasq) DelMasq(ctx context.Context, owner Owner, ips []net.IP) error {
-	if _, err := parseIPs(ips); err != nil {
+	hint, err := parseIPs(ips)
+	if err != nil {
 		return err
 	}
 	label, chain := owner.label(), iptOwnerChain(owner)
+	comment := ownerComment(owner, iptCommentMax)
 	release, err := lockFile(ctx, m.LockPath)
 	if err != nil {
 		return fmt.Errorf("delete masquerade for %s: %w", label, err)
 	}
 	defer release()
 	var errs []error
+	split := byFamily(hint)
 	for _, f := range m.available() {
+		if f.delHinted(ctx, chain, comment, split[f.fam]) {
+			continue
+		}
 		if err := f.del(ctx, chain); err != nil {
 			errs = append(errs, fmt.Errorf("delete %s masquerade for %s: %w", f.fam, label, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// delHinted removes chain and the jumps of the hinted addresses without
+// listing anything, and reports whether that was all there was to do: the
+// chain is gone (confirmed through netlink), or one restore deleted the
+// jumps the hint implies and the chain with them. iptables-restore applies
+// all or nothing, so when the hint is incomplete (the chain is still
+// referenced) or wrong, nothing changed and the caller lists.
+func (f *iptFamily) delHinted(ctx context.Context, chain, comment string, hint []masqAddr) bool {
+	v, ok := f.nftView("nat")
+	if !ok {
+		return false
+	}
+	exists := v.exists("nat", chain)
+	v.close()
+	if !exists {
+		return true
+	}
+	if len(hint) == 0 {
+		return false
+	}
+	var jumps []iptRule
+	for _, a := range hint {
+		jumps = append(jumps, iptRule{spec: iptJumpSpec(a, comment, chain)})
+	}
+	return f.apply(ctx, iptDelLines([]string{chain}, jumps)) == nil
 }
 
 // del removes chain and the rules jumping to it. iptables refuses to jump

@@ -64,5 +64,19 @@ func TestIPTAddOnCompleteBase(t *testing.T) {
 		for _, r := range []MasqRule{ra, rb, rc} {
 			must(m.CheckMasq(ctx, r))
 		}
+		// DEL with the addresses known lists nothing; with a partial hint
+		// it falls back to listing and still removes everything.
+		if n := listings(func() { must(m.DelMasq(ctx, ownerB, ips("10.88.0.3"))) }); n != 0 {
+			t.Errorf("DEL with its addresses known ran %d listing iptables processes, want 0", n)
+		}
+		must(m.DelMasq(ctx, ownerA, ips("10.88.0.2")))
+		for _, o := range []Owner{ownerA, ownerB} {
+			for _, f := range families {
+				if s := saveTable(t, f, "nat"); len(s.rules[iptOwnerChain(o)]) > 0 || s.chains[iptOwnerChain(o)] {
+					t.Errorf("%s: chain of %s left after DEL", f, o.label())
+				}
+			}
+		}
+		must(m.CheckMasq(ctx, rc))
 	})
 }
