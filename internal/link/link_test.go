@@ -60,24 +60,7 @@ func TestAddVethFailureLeavesNothing(t *testing.T) {
 // EnsureAddr keeps an address that is there, refuses another one in the
 // same subnet unless forced, and then replaces it.
 func TestAddrsOfAndEnsureAddr(t *testing.T) {
-	testns.RequireRoot(t)
-	n := testns.NewNS(t)
-	ns, err := Open(n, n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	var links []netlink.Link
-	for _, name := range []string{"br-a", "br-b"} {
-		if err := ns.H.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
-			t.Fatal(err)
-		}
-		l, err := ns.Get(name)
-		if err != nil || l == nil {
-			t.Fatal(name, err)
-		}
-		links = append(links, l)
-	}
+	_, ns, links := bridgesIn(t, "br-a", "br-b")
 	mustCIDR := func(s string) net.IPNet {
 		ip, n, err := net.ParseCIDR(s)
 		if err != nil {
@@ -128,20 +111,8 @@ func TestAddrsOfAndEnsureAddr(t *testing.T) {
 
 // TestSetIPv4Conf: the netlink write lands where sysctl reads it.
 func TestSetIPv4Conf(t *testing.T) {
-	testns.RequireRoot(t)
-	n := testns.NewNS(t)
-	ns, err := Open(n, n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	if err := ns.H.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "d0"}}); err != nil { // no dummy module here
-		t.Fatal(err)
-	}
-	l, err := ns.Get("d0")
-	if err != nil || l == nil {
-		t.Fatal(err)
-	}
+	n, ns, links := bridgesIn(t, "d0")
+	l := links[0]
 	read := func() string {
 		var v []byte
 		if err := n.Do(func() (err error) {
@@ -164,20 +135,8 @@ func TestSetIPv4Conf(t *testing.T) {
 
 // TestConfReads: IPv4Conf and Forwarding read what sysctl writes.
 func TestConfReads(t *testing.T) {
-	testns.RequireRoot(t)
-	n := testns.NewNS(t)
-	ns, err := Open(n, n.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	if err := ns.H.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "b0"}}); err != nil {
-		t.Fatal(err)
-	}
-	l, err := ns.Get("b0")
-	if err != nil || l == nil {
-		t.Fatal(err)
-	}
+	n, ns, links := bridgesIn(t, "b0")
+	l := links[0]
 	write := func(key, v string) {
 		t.Helper()
 		if err := n.Do(func() error { return os.WriteFile("/proc/sys/"+key, []byte(v), 0o644) }); err != nil {
@@ -203,4 +162,29 @@ func TestConfReads(t *testing.T) {
 	if got, err := ns.IPv4Conf(l, IPv4ConfRouteLocalnet); err != nil || got != 1 {
 		t.Errorf("after SetIPv4Conf, IPv4Conf(route_localnet) = %d, %v", got, err)
 	}
+}
+
+// bridgesIn opens a fresh namespace with a bridge per name (this kernel has
+// no dummy module) and returns it with the links.
+func bridgesIn(t *testing.T, names ...string) (*netns.NS, *NS, []netlink.Link) {
+	t.Helper()
+	testns.RequireRoot(t)
+	n := testns.NewNS(t)
+	ns, err := Open(n, n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Close)
+	var links []netlink.Link
+	for _, name := range names {
+		if err := ns.H.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+			t.Fatal(err)
+		}
+		l, err := ns.Get(name)
+		if err != nil || l == nil {
+			t.Fatal(name, err)
+		}
+		links = append(links, l)
+	}
+	return n, ns, links
 }
