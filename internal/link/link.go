@@ -223,7 +223,11 @@ func (n *NS) EnsureAddr(l netlink.Link, addr net.IPNet, force bool) error {
 // of its asynchronous link watcher, so "up" also means the bridge port
 // forwards.
 func (n *NS) WaitOperUp(name string, timeout time.Duration) bool {
-	for end := time.Now().Add(timeout); ; time.Sleep(2 * time.Millisecond) {
+	// Backing off from 1 ms to 8 ms: on a loaded host the kernel's worker
+	// can be tens of milliseconds late, and each poll costs CPU the worker
+	// needs.
+	end := time.Now().Add(timeout)
+	for pause := time.Millisecond; ; pause = min(2*pause, 8*time.Millisecond) {
 		l, err := n.H.LinkByName(name)
 		if err != nil {
 			return false
@@ -234,5 +238,6 @@ func (n *NS) WaitOperUp(name string, timeout time.Duration) bool {
 		if time.Now().After(end) {
 			return false
 		}
+		time.Sleep(pause)
 	}
 }
