@@ -7,7 +7,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,20 +18,11 @@ func (n *NS) AddrsOf(l netlink.Link, family int) ([]net.IPNet, error) {
 	fail := func(err error) ([]net.IPNet, error) {
 		return nil, fmt.Errorf("list addresses of %s in %s: %w", l.Attrs().Name, n.Name, err)
 	}
-	s, err := nl.GetNetlinkSocketAt(vnetns.NsHandle(n.fd), vnetns.None(), unix.NETLINK_ROUTE)
-	if err != nil {
-		return fail(err)
-	}
-	defer s.Close()
-	if err := unix.SetsockoptInt(s.GetFd(), unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
-		return fail(err)
-	}
 	req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
 	msg := nl.NewIfAddrmsg(family)
 	msg.Index = uint32(l.Attrs().Index)
 	req.AddData(msg)
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
-	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
+	msgs, err := n.request(req, unix.RTM_NEWADDR)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return fail(err)
 	}

@@ -30,14 +30,22 @@ const (
 	netconfaIfindexAll = -1
 )
 
-// request runs one netlink request in n's namespace and returns the replies.
+// request runs one netlink request in n's namespace and returns the
+// replies, on a socket made once per NS with strict checking, under which
+// the kernel filters dumps by the request's fields (see AddrsOf).
 func (n *NS) request(req *nl.NetlinkRequest, resType uint16) ([][]byte, error) {
-	s, err := nl.GetNetlinkSocketAt(vnetns.NsHandle(n.fd), vnetns.None(), unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, err
+	if n.sock == nil {
+		s, err := nl.GetNetlinkSocketAt(vnetns.NsHandle(n.fd), vnetns.None(), unix.NETLINK_ROUTE)
+		if err != nil {
+			return nil, err
+		}
+		if err := unix.SetsockoptInt(s.GetFd(), unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); err != nil {
+			s.Close()
+			return nil, err
+		}
+		n.sock = s
 	}
-	defer s.Close()
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: n.sock}}
 	return req.Execute(unix.NETLINK_ROUTE, resType)
 }
 
@@ -61,7 +69,7 @@ func (n *NS) IPv4Conf(l netlink.Link, key int) (uint32, error) {
 	fail := func(err error) (uint32, error) {
 		return 0, fmt.Errorf("read IPv4 setting %d of %s in %s: %w", key, l.Attrs().Name, n.Name, err)
 	}
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, 0) // no ACK: it would linger on the shared socket
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(l.Attrs().Index)
 	req.AddData(msg)
@@ -112,7 +120,7 @@ func nested(b []byte, path ...uint16) ([]byte, bool) {
 // Forwarding reports whether forwarding is on for every interface of the
 // family (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding).
 func (n *NS) Forwarding(family int) (bool, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_GETNETCONF, unix.NLM_F_ACK)
+	req := nl.NewNetlinkRequest(unix.RTM_GETNETCONF, 0)
 	req.AddData(&netconfMsg{family: uint8(family)})
 	all := int32(netconfaIfindexAll)
 	req.AddData(nl.NewRtAttr(netconfaIfindex, nl.Uint32Attr(uint32(all))))

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/plumbnet/plumb/internal/netns"
@@ -19,8 +20,9 @@ import (
 // NS is netlink access to one network namespace.
 type NS struct {
 	H    *netlink.Handle
-	Name string // for messages: "host" or the namespace path
-	fd   int    // the namespace, for sockets the handle cannot make
+	Name string            // for messages: "host" or the namespace path
+	fd   int               // the namespace, for sockets the handle cannot make
+	sock *nl.NetlinkSocket // made on first use by request
 }
 
 // Open gives netlink access to n.
@@ -40,6 +42,9 @@ func Open(n *netns.NS, name string) (*NS, error) {
 // Close releases the handle's sockets and the namespace.
 func (n *NS) Close() {
 	n.H.Close()
+	if n.sock != nil {
+		n.sock.Close()
+	}
 	unix.Close(n.fd)
 }
 

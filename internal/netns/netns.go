@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // ErrGone reports a namespace path that no longer exists; DEL treats it as
@@ -73,7 +74,10 @@ func (n *NS) Do(fn func() error) error {
 // Netlink returns a netlink handle whose sockets live in the namespace: the
 // thread enters the namespace only to open them, so later calls need no setns.
 func (n *NS) Netlink() (*netlink.Handle, error) {
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(n.Fd()))
+	// Routing sockets only: the default adds XFRM and netfilter sockets,
+	// each made by switching the thread into the namespace and back,
+	// which plumb never uses through this handle.
+	h, err := netlink.NewHandleAt(vnetns.NsHandle(n.Fd()), unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle in %s: %w", n.Path(), err)
 	}
