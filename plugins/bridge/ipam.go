@@ -60,7 +60,7 @@ func sameBuild(path, pkg string) bool {
 		slices.Equal(other.Settings, self.Settings)
 }
 
-// args is this call's CNI environment, as the exec'd plugin would see it.
+// ipamArgs is this call's CNI environment, as the exec'd plugin would see it.
 func ipamArgs(stdin []byte) *skel.CmdArgs {
 	return &skel.CmdArgs{
 		ContainerID: os.Getenv("CNI_CONTAINERID"), Netns: os.Getenv("CNI_NETNS"),
@@ -78,36 +78,29 @@ func (l *localIPAM) Add(ctx context.Context, p string, in []byte) (types.Result,
 		res, err = hostlocal.New().Add(a)
 		return err
 	}, ipamArgs(in))
-	if err != nil {
-		return nil, err
+	return res, err
+}
+
+// run runs a verb that returns no result: in process or by exec.
+func (l *localIPAM) run(ctx context.Context, p string, in []byte, verb string, local func(*skel.CmdArgs) error, exec func(context.Context, string, []byte) error) error {
+	if !l.local(p) {
+		return exec(ctx, p, in)
 	}
-	return res, nil
+	return cniplugin.Call(verb, local, ipamArgs(in))
 }
 
 func (l *localIPAM) Del(ctx context.Context, p string, in []byte) error {
-	if !l.local(p) {
-		return l.exec.Del(ctx, p, in)
-	}
-	return cniplugin.Call("DEL", hostlocal.New().Del, ipamArgs(in))
+	return l.run(ctx, p, in, "DEL", hostlocal.New().Del, l.exec.Del)
 }
 
 func (l *localIPAM) Check(ctx context.Context, p string, in []byte) error {
-	if !l.local(p) {
-		return l.exec.Check(ctx, p, in)
-	}
-	return cniplugin.Call("CHECK", hostlocal.New().Check, ipamArgs(in))
+	return l.run(ctx, p, in, "CHECK", hostlocal.New().Check, l.exec.Check)
 }
 
 func (l *localIPAM) GC(ctx context.Context, p string, in []byte) error {
-	if !l.local(p) {
-		return l.exec.GC(ctx, p, in)
-	}
-	return cniplugin.Call("GC", hostlocal.New().GC, ipamArgs(in))
+	return l.run(ctx, p, in, "GC", hostlocal.New().GC, l.exec.GC)
 }
 
 func (l *localIPAM) Status(ctx context.Context, p string, in []byte) error {
-	if !l.local(p) {
-		return l.exec.Status(ctx, p, in)
-	}
-	return cniplugin.Call("STATUS", hostlocal.New().Status, ipamArgs(in))
+	return l.run(ctx, p, in, "STATUS", hostlocal.New().Status, l.exec.Status)
 }
