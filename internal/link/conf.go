@@ -34,6 +34,8 @@ const (
 // replies, on a socket made once per NS with strict checking, under which
 // the kernel filters dumps by the request's fields (see AddrsOf).
 func (n *NS) request(req *nl.NetlinkRequest, resType uint16) ([][]byte, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.sock == nil {
 		s, err := nl.GetNetlinkSocketAt(vnetns.NsHandle(n.fd), vnetns.None(), unix.NETLINK_ROUTE)
 		if err != nil {

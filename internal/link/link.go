@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,6 +23,7 @@ type NS struct {
 	H    *netlink.Handle
 	Name string            // for messages: "host" or the namespace path
 	fd   int               // the namespace, for sockets the handle cannot make
+	mu   sync.Mutex        // request may be called from several goroutines
 	sock *nl.NetlinkSocket // made on first use by request
 }
 

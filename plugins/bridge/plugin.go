@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -107,13 +108,21 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	}
 	repair := existing != nil
 
+	// The address and its masquerade do not depend on the veth, so they are
+	// made while the kernel creates it: IPAM takes about a millisecond and
+	// an iptables masquerade two more.
+	addr := p.startAddressing(ctx, c, args)
 	var u undo
 	ok := false
+	var announcing sync.WaitGroup
 	defer func() {
+		announcing.Wait()
+		addr.wait()
 		// A repair only re-applies what the attachment already had; undoing
 		// it would take down a container that was working.
 		if !ok && !repair {
 			u.run()
+			addr.undo.run() // the address last: never handed out while in use
 		}
 	}()
 
@@ -124,43 +133,13 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	defer func() { unlockBridge() }()
-	br, created, err := host.EnsureBridge(link.BridgeSpec{
-		Name: c.Bridge, MTU: c.MTU, Promisc: c.PromiscMode,
-		VlanFiltering: c.Vlan != 0 || len(c.Vlans) > 0,
-	})
+	br, veth, err := attachVeth(host, cns, c, args, existing)
+	if veth != nil && !repair {
+		u.push(func() { host.Delete(veth.Attrs().Name) })
+	}
 	if err != nil {
 		return nil, err
 	}
-	if created {
-		// Marks the bridge as plumb's, for removeBridgeWhenEmpty.
-		if err := host.H.LinkSetAlias(br, bridgeAlias); err != nil {
-			return nil, fmt.Errorf("tag bridge %s: %w", c.Bridge, err)
-		}
-	}
-	crashpoint.Here("bridge.add.bridge")
-	vethName := hostVethName(args.ContainerID, args.IfName)
-	veth := existing
-	if repair {
-		if err := reattach(host, veth, br); err != nil {
-			return nil, err
-		}
-	} else {
-		if err := host.Delete(vethName); err != nil { // a crashed earlier ADD of this attachment
-			return nil, err
-		}
-		veth, err = host.AddVeth(link.VethSpec{
-			HostName: vethName, Alias: vethAlias(c.Name, args.ContainerID, args.IfName),
-			MasterIndex: br.Index, MTU: c.MTU,
-			PeerName: args.IfName, PeerNS: cns, PeerMAC: c.MAC,
-		})
-		if veth != nil {
-			u.push(func() { host.Delete(vethName) })
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	crashpoint.Here("bridge.add.veth")
 	unlockBridge()
 	unlockBridge = func() {}
 	if err := p.setupPort(host, veth, c); err != nil {
@@ -168,21 +147,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	}
 	crashpoint.Here("bridge.add.port")
 
-	// On repair the IPAM plugin hands the owner back its own address.
-	r, err := p.IPAM.Add(ctx, c.IPAM.Type, args.StdinData)
+	ipamRes, err := addr.address()
 	if err != nil {
-		return nil, fmt.Errorf("IPAM %s ADD: %w", c.IPAM.Type, err)
+		return nil, err
 	}
-	u.push(func() { p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData) })
-	crashpoint.Here("bridge.add.ipam")
-	ipamRes, err := current.NewResultFromResult(r)
-	if err != nil {
-		return nil, fmt.Errorf("convert IPAM %s result: %w", c.IPAM.Type, err)
-	}
-	if len(ipamRes.IPs) == 0 {
-		return nil, fmt.Errorf("IPAM %s returned no address", c.IPAM.Type)
-	}
-
 	res := buildResult(c, args, br, veth, ipamRes)
 	contLink, err := cont.Get(args.IfName)
 	if err != nil || contLink == nil {
@@ -192,8 +160,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	if err := configureContainer(cns, cont, contLink, c, res); err != nil {
 		return nil, err
 	}
+	// The announcement is flooded to every port of the bridge, which the
+	// kernel does in the sender's system call (milliseconds with a thousand
+	// ports): it goes out while the rest is set up.
 	if !c.DisableContainerInterface {
-		announce(host, veth, cont, contLink, res)
+		announcing.Go(func() { announce(host, veth, cont, contLink, res) })
 	}
 	crashpoint.Here("bridge.add.container")
 	if c.IsGateway {
@@ -208,28 +179,133 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 	}
 	if c.MacSpoofChk {
 		g := p.Spoof()
+		vethName := veth.Attrs().Name
 		if err := g.AddSpoof(ctx, spoofRule(vethName, contLink.Attrs().HardwareAddr, res)); err != nil {
 			return nil, fmt.Errorf("spoof check on %s: %w", vethName, err)
 		}
 		u.push(func() { g.DelSpoof(ctx, vethName) })
 		crashpoint.Here("bridge.add.spoof")
 	}
-	if c.IPMasq {
-		m, err := p.Masq(c.IPMasqBackend)
-		if err != nil {
-			return nil, fmt.Errorf("masquerade backend %q: %w", c.IPMasqBackend, err)
-		}
-		rule := fw.MasqRule{Owner: owner(c, args)}
-		for _, ipc := range res.IPs {
-			rule.Addrs = append(rule.Addrs, net.IPNet{IP: ipc.Address.IP, Mask: ipc.Address.Mask})
-		}
-		if err := m.AddMasq(ctx, rule); err != nil {
-			return nil, fmt.Errorf("masquerade %s: %w", args.ContainerID, err)
-		}
-		crashpoint.Here("bridge.add.masq")
+	if err := addr.wait(); err != nil {
+		return nil, err
 	}
 	ok = true
 	return res, nil
+}
+
+// attachVeth makes sure the bridge exists and that the attachment's veth
+// is on it: existing (a repair) is put back, otherwise a new pair is made,
+// the container end named args.IfName in cns. The caller holds the
+// bridge's lock. A veth it made is returned even with an error, for undo.
+func attachVeth(host *link.NS, cns *netns.NS, c *Config, args *skel.CmdArgs, existing netlink.Link) (*netlink.Bridge, netlink.Link, error) {
+	br, created, err := host.EnsureBridge(link.BridgeSpec{
+		Name: c.Bridge, MTU: c.MTU, Promisc: c.PromiscMode,
+		VlanFiltering: c.Vlan != 0 || len(c.Vlans) > 0,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if created {
+		// Marks the bridge as plumb's, for removeBridgeWhenEmpty.
+		if err := host.H.LinkSetAlias(br, bridgeAlias); err != nil {
+			return nil, nil, fmt.Errorf("tag bridge %s: %w", c.Bridge, err)
+		}
+	}
+	crashpoint.Here("bridge.add.bridge")
+	if existing != nil {
+		return br, existing, reattach(host, existing, br)
+	}
+	vethName := hostVethName(args.ContainerID, args.IfName)
+	if err := host.Delete(vethName); err != nil { // a crashed earlier ADD of this attachment
+		return nil, nil, err
+	}
+	veth, err := host.AddVeth(link.VethSpec{
+		HostName: vethName, Alias: vethAlias(c.Name, args.ContainerID, args.IfName),
+		MasterIndex: br.Index, MTU: c.MTU,
+		PeerName: args.IfName, PeerNS: cns, PeerMAC: c.MAC,
+	})
+	if err == nil {
+		crashpoint.Here("bridge.add.veth")
+	}
+	return br, veth, err
+}
+
+// addressing is IPAM ADD followed by the masquerade, run in a goroutine
+// beside the link work. ipamDone closes when the address (or its error) is
+// known, done when both are; undo holds their reversal.
+type addressing struct {
+	ipamDone, done chan struct{}
+	res            *current.Result
+	ipamErr, err   error
+	undo           undo
+}
+
+func (p *Plugin) startAddressing(ctx context.Context, c *Config, args *skel.CmdArgs) *addressing {
+	a := &addressing{ipamDone: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		a.res, a.ipamErr = p.ipamAdd(ctx, c, args, &a.undo)
+		close(a.ipamDone)
+		if a.ipamErr != nil {
+			a.err = a.ipamErr
+			return
+		}
+		if c.IPMasq {
+			a.err = p.addMasq(ctx, c, args, a.res, &a.undo)
+		}
+	}()
+	return a
+}
+
+// address waits for the IPAM result.
+func (a *addressing) address() (*current.Result, error) {
+	<-a.ipamDone
+	return a.res, a.ipamErr
+}
+
+// wait waits for the masquerade too.
+func (a *addressing) wait() error {
+	<-a.done
+	return a.err
+}
+
+// ipamAdd asks the IPAM plugin for the attachment's addresses. On repair
+// it hands the owner back its own.
+func (p *Plugin) ipamAdd(ctx context.Context, c *Config, args *skel.CmdArgs, u *undo) (*current.Result, error) {
+	r, err := p.IPAM.Add(ctx, c.IPAM.Type, args.StdinData)
+	if err != nil {
+		return nil, fmt.Errorf("IPAM %s ADD: %w", c.IPAM.Type, err)
+	}
+	u.push(func() { p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData) })
+	crashpoint.Here("bridge.add.ipam")
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		return nil, fmt.Errorf("convert IPAM %s result: %w", c.IPAM.Type, err)
+	}
+	if len(res.IPs) == 0 {
+		return nil, fmt.Errorf("IPAM %s returned no address", c.IPAM.Type)
+	}
+	return res, nil
+}
+
+// addMasq masquerades traffic from the attachment's addresses.
+func (p *Plugin) addMasq(ctx context.Context, c *Config, args *skel.CmdArgs, ipamRes *current.Result, u *undo) error {
+	m, err := p.Masq(c.IPMasqBackend)
+	if err != nil {
+		return fmt.Errorf("masquerade backend %q: %w", c.IPMasqBackend, err)
+	}
+	rule := fw.MasqRule{Owner: owner(c, args)}
+	var hint []net.IP
+	for _, ipc := range ipamRes.IPs {
+		rule.Addrs = append(rule.Addrs, net.IPNet{IP: ipc.Address.IP, Mask: ipc.Address.Mask})
+		hint = append(hint, ipc.Address.IP)
+	}
+	if err := m.AddMasq(ctx, rule); err != nil {
+		return fmt.Errorf("masquerade %s: %w", args.ContainerID, err)
+	}
+	u.push(func() { m.DelMasq(ctx, rule.Owner, hint) })
+	crashpoint.Here("bridge.add.masq")
+	return nil
 }
 
 // ownVeth decides whether an ADD finds its attachment already in place. It
