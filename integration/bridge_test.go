@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -84,6 +85,26 @@ func hostLink(t *testing.T, name string) netlink.Link {
 		t.Fatalf("find %s: %v", name, err)
 	}
 	return l
+}
+
+// vethGoneSoon waits for a host veth that DEL retired: DEL marks it and
+// sets it down, and its reaper deletes it moments later (internal/reaper).
+// It fails the test if the veth is still in use (unmarked or up) or is
+// still there after 5 s.
+func vethGoneSoon(t *testing.T, name string) {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		l := hostLink(t, name)
+		if l == nil {
+			return
+		}
+		if a := l.Attrs(); a.Alias != "plumb-gone/"+name || a.Flags&net.FlagUp != 0 {
+			t.Fatalf("host veth %s after DEL: alias %q, flags %v: not retired", name, a.Alias, a.Flags)
+		}
+		if time.Now().After(end) {
+			t.Fatalf("host veth %s still there 5 s after DEL", name)
+		}
+	}
 }
 
 // addrFiles lists the address files host-local keeps for a network.

@@ -82,9 +82,7 @@ func TestExampleConfs(t *testing.T) {
 					t.Fatalf("left in the data dir after DEL: %s", en.Name())
 				}
 			}
-			if hostLink(t, a.Res.Interfaces[1].Name) != nil {
-				t.Fatal("veth left after DEL")
-			}
+			vethGoneSoon(t, a.Res.Interfaces[1].Name)
 		})
 	}
 }

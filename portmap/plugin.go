@@ -13,6 +13,7 @@ import (
 	"github.com/plumbnet/plumb/internal/cniplugin"
 	"github.com/plumbnet/plumb/internal/crashpoint"
 	"github.com/plumbnet/plumb/internal/fw"
+	"github.com/plumbnet/plumb/internal/reaper"
 )
 
 // Localnet turns on route_localnet (IPv4) for the interface the host routes
@@ -152,6 +153,10 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return err
 	}
 	known := knownMappings(c, args)
+	// The kernel makes the release of a netfilter socket wait after a
+	// deletion: a reaper releases them after the answer.
+	fw.HoldNetfilterSockets()
+	defer reaper.ReleaseSocketsLater()
 	ctx := context.Background()
 	var errs []error
 	var removed []fw.PortMapping

@@ -13,6 +13,8 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/plumbnet/plumb/internal/reaper"
 )
 
 // Version is plumb's release, set with -ldflags "-X ...cniplugin.Version=...".
@@ -46,6 +48,7 @@ type Plugin interface {
 
 // Main runs p as the plugin binary name and exits.
 func Main(name string, p Plugin) {
+	reaper.Main() // a reaper started by this plugin's DEL does its job and exits
 	if e := skel.PluginMainFuncsWithError(Funcs(p), SupportedVersions, About(name)); e != nil {
 		if err := e.Print(); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: write error: %v\n", name, err)

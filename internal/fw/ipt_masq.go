@@ -457,9 +457,10 @@ func (m *IPTMasq) DelMasq(ctx context.Context, owner Owner, ips []net.IP) error 
 }
 
 // delHinted removes chain and the jumps of the hinted addresses without
-// listing anything, and reports whether that was all there was to do: the
-// chain is gone (confirmed through netlink), or one restore deleted the
-// jumps the hint implies and the chain with them. iptables-restore applies
+// listing anything, and reports whether that was all there was to do: on
+// iptables-nft the chain and its jumps are dropped through netlink (or were
+// not there), or else one restore deleted the jumps the hint implies and
+// the chain with them. iptables-restore applies
 // all or nothing, so when the hint is incomplete (the chain is still
 // referenced) or wrong, nothing changed and the caller lists.
 func (f *iptFamily) delHinted(ctx context.Context, chain, comment string, hint []masqAddr) bool {
@@ -467,9 +468,9 @@ func (f *iptFamily) delHinted(ctx context.Context, chain, comment string, hint [
 	if !ok {
 		return false
 	}
-	exists := v.exists("nat", chain)
+	dropped := v.dropChains("nat", []string{iptMasqChain}, chain)
 	v.close()
-	if !exists {
+	if dropped {
 		return true
 	}
 	if len(hint) == 0 {

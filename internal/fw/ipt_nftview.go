@@ -66,6 +66,9 @@ func iptablesIsNFT(path string) bool {
 }
 
 func (v *iptNFTView) close() {
+	if holdSockets.Load() {
+		return
+	}
 	v.conn.CloseLasting()
 	v.rd.Close()
 }
@@ -215,4 +218,46 @@ func (v *iptNFTView) pmBaseInPlace(f family, chain string, mark uint32) bool {
 // chain (the owner's) does not exist yet.
 func (v *iptNFTView) masqBaseInPlace(chain string) bool {
 	return !v.exists("nat", chain) && v.exists("nat", iptMasqChain) && v.jumpsTo("nat", iptPostrouting, iptMasqChain)
+}
+
+// dropChains deletes chains from table, with every rule of the dispatch
+// chains that jumps to one of them, in one nf_tables transaction through
+// the view's socket, and reports whether that was done (or nothing was
+// there to do). Deleting by handle and name needs no knowledge of how
+// iptables-nft encodes a rule, and it spares DEL an iptables-restore
+// process, whose exit after a deletion waits for an RCU grace period in
+// the kernel (see holdSockets): this socket can be handed to a reaper. On
+// false nothing changed (the kernel refuses the whole transaction when,
+// say, another rule still jumps to a chain), and the caller takes the
+// iptables path.
+func (v *iptNFTView) dropChains(table string, dispatch []string, chains ...string) bool {
+	t := &nftables.Table{Name: table, Family: v.family}
+	doomed := map[string]bool{}
+	for _, c := range chains {
+		if v.exists(table, c) {
+			doomed[c] = true
+		}
+	}
+	if len(doomed) == 0 {
+		return true
+	}
+	for _, d := range dispatch {
+		rs, ok := v.rules(table, d)
+		if !ok {
+			return false
+		}
+		for _, r := range rs {
+			if doomed[jumpTarget(r)] {
+				if err := v.conn.DelRule(r); err != nil {
+					return false
+				}
+			}
+		}
+	}
+	for c := range doomed {
+		ch := &nftables.Chain{Name: c, Table: t}
+		v.conn.FlushChain(ch)
+		v.conn.DelChain(ch)
+	}
+	return v.conn.Flush() == nil
 }

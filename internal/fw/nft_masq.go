@@ -137,6 +137,9 @@ func addrVerdictMap(t *nftables.Table, name string, f family) *nftables.Set {
 // socket wait for the deferred destruction of the deleted objects (an RCU
 // grace period, 10-30 ms), which the caller need not wait for.
 func (s *nftSession) close() {
+	if holdSockets.Load() {
+		return
+	}
 	go func() {
 		s.conn.CloseLasting()
 		s.rd.Close()

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
@@ -27,7 +28,25 @@ func dialNFTReader() (*nftReader, error) {
 	return &nftReader{c: c}, nil
 }
 
-func (r *nftReader) Close() error { return r.c.Close() }
+func (r *nftReader) Close() error {
+	if holdSockets.Load() {
+		return nil
+	}
+	return r.c.Close()
+}
+
+// Releasing a netfilter netlink socket after a transaction that deleted
+// anything waits in the kernel for the deferred destruction of what was
+// deleted (nf_tables flushes its destroy work, an RCU grace period: 10-30
+// ms), whichever socket made the transaction. A plugin that calls
+// HoldNetfilterSockets before a DEL keeps its sockets open to the end and
+// hands them to a process that outlives it (internal/reaper), so its answer
+// does not wait for that.
+var holdSockets atomic.Bool
+
+// HoldNetfilterSockets makes plumb's netfilter sockets stay open until the
+// process exits (see holdSockets).
+func HoldNetfilterSockets() { holdSockets.Store(true) }
 
 // vmapElem is one element of a verdict map: its key and the chain it jumps
 // or goes to ("" for other verdicts). For an element of a data map, data is

@@ -536,6 +536,21 @@ func (f *iptFamily) pmJumpsTo(ctx context.Context, chains ...string) ([]string, 
 // and returns the mappings the chains held. Per family: one listing of the
 // owner's chain and, when it exists, one iptables-restore.
 func (m *IPTPorts) DelPorts(ctx context.Context, owner Owner) ([]PortMapping, error) {
+	return m.del(ctx, owner, nil)
+}
+
+var _ KnownPortsDeleter = (*IPTPorts)(nil)
+
+// DelKnownPorts is DelPorts, told that the owner published known. On
+// iptables-nft it drops the owner's chain and the dispatch rules jumping
+// to it through netlink (see dropChains): no iptables process, no listing.
+// It then reports known as what was removed, since it does not decode the
+// rules it deletes; removed ports only matter for the UDP conntrack flush.
+func (m *IPTPorts) DelKnownPorts(ctx context.Context, owner Owner, known []PortMapping) ([]PortMapping, error) {
+	return m.del(ctx, owner, known)
+}
+
+func (m *IPTPorts) del(ctx context.Context, owner Owner, known []PortMapping) ([]PortMapping, error) {
 	if err := reclassify(validateOwner(owner)); err != nil {
 		return nil, err
 	}
@@ -548,6 +563,14 @@ func (m *IPTPorts) DelPorts(ctx context.Context, owner Owner) ([]PortMapping, er
 	var errs []error
 	var removed []PortMapping
 	for _, f := range m.available() {
+		if len(known) > 0 {
+			if existed, ok := f.pmDrop(chain); ok {
+				if existed {
+					removed = append(removed, known...)
+				}
+				continue
+			}
+		}
 		maps, err := f.pmDel(ctx, chain, nil, ownerComment(owner, iptCommentMax))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("remove %s published ports of %s: %w", f.fam, label, err))
@@ -555,6 +578,19 @@ func (m *IPTPorts) DelPorts(ctx context.Context, owner Owner) ([]PortMapping, er
 		removed = append(removed, mappingsOf(maps)...)
 	}
 	return removed, errors.Join(errs...)
+}
+
+// pmDrop drops chain and the dispatch rules jumping to it through netlink,
+// when iptables is iptables-nft; ok is false when the caller must use
+// pmDel.
+func (f *iptFamily) pmDrop(chain string) (existed, ok bool) {
+	v, ok := f.nftView("nat")
+	if !ok {
+		return false, false
+	}
+	defer v.close()
+	existed = v.exists("nat", chain)
+	return existed, v.dropChains("nat", []string{iptPMHost, iptPMAny}, chain)
 }
 
 // pmDel removes chain and the dispatch rules jumping to it. iptables

@@ -325,6 +325,9 @@ func ownVeth(host, cont *link.NS, cns *netns.NS, c *Config, args *skel.CmdArgs) 
 	if err != nil {
 		return nil, err
 	}
+	if veth != nil && veth.Attrs().Alias == goneAlias(vethName) {
+		return nil, nil // an earlier DEL's, waiting for its reaper: ADD deletes it
+	}
 	if veth == nil || veth.Type() != "veth" || l.Type() != "veth" || veth.Attrs().Alias != vethAlias(c.Name, args.ContainerID, args.IfName) {
 		return nil, taken("not the peer of this attachment's host veth " + vethName)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/plumbnet/plumb/internal/fw"
 	"github.com/plumbnet/plumb/internal/link"
 	"github.com/plumbnet/plumb/internal/netns"
+	"github.com/plumbnet/plumb/internal/reaper"
 )
 
 // masqBackends are tried on teardown: a backend switch between ADD and DEL
@@ -31,14 +32,19 @@ func hostNS() (*link.NS, error) {
 	return link.Open(hns, "host")
 }
 
-// Del removes the host veth (and with it the container end) and the
-// masquerade, side by side, and last the IP reservation. It keeps going
-// past failures and treats anything already gone as done.
+// Del makes the attachment inert and removes it: the host veth is marked
+// and set down (the bridge port stops forwarding) while the masquerade and
+// spoof rules go, then the address is released. What is left is the
+// kernel's slow part, deleting the veth pair and releasing the netfilter
+// sockets (each waits for RCU grace periods, 30 ms together here): a
+// detached reaper does it after DEL has answered (see internal/reaper).
+// DEL keeps going past failures and treats anything already gone as done.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	c, err := parseConfig(args.StdinData, args.Args)
 	if err != nil {
 		return err
 	}
+	fw.HoldNetfilterSockets()
 	ctx := context.Background()
 	var errs []error
 	host, err := hostNS()
@@ -47,12 +53,21 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	defer host.Close()
 	vethName := hostVethName(args.ContainerID, args.IfName)
-	// Deleting a veth waits for RCU in the kernel (tens of ms), and so does
-	// the first nfnetlink close after a commit that deleted rules: the
-	// rules go while the veth goes. The address is released only after
-	// both, so it is never handed out while the old veth or rules exist.
-	vethGone := make(chan error, 1)
-	go func() { vethGone <- host.Delete(vethName) }()
+	// Removing an empty bridge needs the veth gone first.
+	syncDelete := c.RemoveBridgeWhenEmpty
+	type retired struct {
+		job reaper.Job
+		err error
+	}
+	vethDone := make(chan retired, 1)
+	go func() {
+		if syncDelete {
+			vethDone <- retired{err: host.Delete(vethName)}
+			return
+		}
+		j, err := retire(host, vethName)
+		vethDone <- retired{j, err}
+	}()
 	if c.MacSpoofChk {
 		if err := p.Spoof().DelSpoof(ctx, vethName); err != nil {
 			errs = append(errs, fmt.Errorf("remove spoof check of %s: %w", vethName, err))
@@ -80,8 +95,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			crashpoint.Here("bridge.del.masq." + b)
 		}
 	}
-	if err := <-vethGone; err != nil {
-		errs = append(errs, err)
+	r := <-vethDone
+	if r.err != nil {
+		errs = append(errs, r.err)
 	}
 	crashpoint.Here("bridge.del.veth")
 	if c.RemoveBridgeWhenEmpty {
@@ -89,10 +105,49 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			errs = append(errs, err)
 		}
 	}
+	// The address is released only once the veth is down and the rules
+	// are gone, so it is never handed out while they still act on it.
 	if err := p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData); err != nil {
 		errs = append(errs, fmt.Errorf("IPAM %s DEL: %w", c.IPAM.Type, err))
 	}
+	r.job.Files = reaper.NetfilterSockets()
+	if r.job.LinkIndex != 0 || len(r.job.Files) > 0 {
+		if err := reaper.Start(r.job); err != nil && r.job.LinkIndex != 0 {
+			// No reaper: delete it here (and the sockets wait at exit).
+			if err := host.Delete(vethName); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// goneAlias marks a host veth whose DEL has run: down, out of use, to be
+// deleted by a reaper, and by anyone who finds it (ADD, GC, a retried DEL)
+// should the reaper not get to it.
+func goneAlias(vethName string) string { return goneAliasPrefix + vethName }
+
+const goneAliasPrefix = "plumb-gone/"
+
+// retire marks the host veth gone and sets it down, and returns the
+// reaper's job of deleting it. A veth already marked (a retried DEL, whose
+// first reaper may have died) is deleted at once.
+func retire(host *link.NS, vethName string) (reaper.Job, error) {
+	l, err := host.Get(vethName)
+	if err != nil || l == nil {
+		return reaper.Job{}, err
+	}
+	gone := goneAlias(vethName)
+	if l.Attrs().Alias == gone {
+		return reaper.Job{}, host.Delete(vethName)
+	}
+	if err := host.H.LinkSetAlias(l, gone); err != nil {
+		return reaper.Job{}, fmt.Errorf("mark %s for deletion: %w", vethName, err)
+	}
+	if err := host.H.LinkSetDown(l); err != nil && !link.IsNotFound(err) {
+		return reaper.Job{}, fmt.Errorf("set %s down: %w", vethName, err)
+	}
+	return reaper.Job{LinkIndex: l.Attrs().Index, LinkAlias: gone}, nil
 }
 
 // removeEmptyBridge deletes the bridge if plumb created it and no port is
@@ -304,6 +359,12 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 	}
 	prefix := aliasPrefix + c.Name + "/"
 	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Alias, goneAliasPrefix) { // its reaper did not finish
+			if err := host.Delete(l.Attrs().Name); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		rest, ok := strings.CutPrefix(l.Attrs().Alias, prefix)
 		if !ok {
 			continue

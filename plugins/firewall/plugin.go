@@ -12,6 +12,7 @@ import (
 
 	"github.com/plumbnet/plumb/internal/cniplugin"
 	"github.com/plumbnet/plumb/internal/fw"
+	"github.com/plumbnet/plumb/internal/reaper"
 )
 
 // Plugin implements the firewall CNI plugin.
@@ -192,6 +193,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			hint = append(hint, ipc.Address.IP)
 		}
 	}
+	// See portmap's DEL: a reaper releases the netfilter sockets.
+	fw.HoldNetfilterSockets()
+	defer reaper.ReleaseSocketsLater()
 	ctx := context.Background()
 	var errs []error
 	for _, b := range p.teardown(c) {

@@ -1,0 +1,123 @@
+// Package reaper finishes, after a plugin has answered, the part of a
+// teardown that is only waiting for the kernel. Deleting a veth waits in
+// the kernel for RCU grace periods (about 30 ms here), and so does the
+// release of a netfilter netlink socket after a transaction that deleted
+// rules or elements. A DEL makes the attachment inert itself (rules and
+// elements deleted, the host end down and marked, the address released)
+// and starts a reaper, a detached copy of the plugin's own binary, that
+// deletes the marked link and holds the netfilter sockets until after the
+// plugin has exited. If the reaper never runs to the end, what it leaves is
+// a marked, down link: a later ADD of the attachment, GC, or the removal of
+// the container's namespace deletes it.
+package reaper
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	envReap  = "PLUMB_REAP"       // set in a reaper's environment
+	envIndex = "PLUMB_REAP_INDEX" // ifindex of the link to delete
+	envAlias = "PLUMB_REAP_ALIAS" // the alias it must still have
+)
+
+// Job is what a reaper finishes.
+type Job struct {
+	// LinkIndex, when not 0, is a link in the plugin's namespace to delete,
+	// but only while its alias is still LinkAlias: an index the kernel has
+	// given to a new link meanwhile is left alone.
+	LinkIndex int
+	LinkAlias string
+	// Files are held open until the reaper exits.
+	Files []*os.File
+}
+
+// Start runs j in a detached process and returns without waiting. The
+// caller may close its copies of j.Files afterwards.
+func Start(j Job) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("start reaper: %w", err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), envReap+"=1",
+		envIndex+"="+strconv.Itoa(j.LinkIndex), envAlias+"="+j.LinkAlias)
+	cmd.ExtraFiles = j.Files
+	// Its own session: a signal to the runtime's process group after the
+	// plugin answered does not stop it half way (nothing is half way: each
+	// of its steps is one kernel operation).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start reaper: %w", err)
+	}
+	return cmd.Process.Release()
+}
+
+// Main runs the job when this process is a reaper, and then exits; in any
+// other process it returns at once. Plugins call it first thing.
+func Main() {
+	if os.Getenv(envReap) != "1" {
+		return
+	}
+	if i, err := strconv.Atoi(os.Getenv(envIndex)); err == nil && i > 0 {
+		deleteLink(i, os.Getenv(envAlias))
+	}
+	// The held sockets are released as this process exits.
+	os.Exit(0)
+}
+
+func deleteLink(index int, alias string) {
+	l, err := netlink.LinkByIndex(index)
+	if err != nil || l.Attrs().Alias != alias {
+		return
+	}
+	netlink.LinkDel(l)
+}
+
+// NetfilterSockets returns duplicates of this process's open netfilter
+// netlink sockets, for Job.Files.
+func NetfilterSockets() []*os.File {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil
+	}
+	var out []*os.File
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if dom, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || dom != unix.AF_NETLINK {
+			continue
+		}
+		if p, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p != unix.NETLINK_NETFILTER {
+			continue
+		}
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		out = append(out, os.NewFile(uintptr(d), filepath.Join("netfilter", e.Name())))
+	}
+	return out
+}
+
+// ReleaseSocketsLater hands the process's netfilter sockets to a reaper, so
+// that the process exits without waiting for their release. Failing to is
+// harmless: they are then released, slowly, as the process exits.
+func ReleaseSocketsLater() {
+	if files := NetfilterSockets(); len(files) > 0 {
+		_ = Start(Job{Files: files})
+		for _, f := range files {
+			f.Close()
+		}
+	}
+}
