@@ -450,6 +450,15 @@ func (m *NFTMasq) DelMasq(ctx context.Context, owner Owner, ips []net.IP) error 
 			mine[a.fam] = append(mine[a.fam], nftables.SetElement{Key: a.ip})
 		}
 	}
+	if len(mine[famV4])+len(mine[famV6]) == 0 {
+		// Nothing jumps here: when the chain is absent too (the usual case
+		// on a host using the other backend) there is nothing to do, and a
+		// transaction that the kernel refuses costs an RCU grace period
+		// in its abort.
+		if exists, err := s.rd.chainExists(nftTable, chain); err == nil && !exists {
+			return nil
+		}
+	}
 	if err := s.queueDelete(mine, []string{chain}); err != nil {
 		return fmt.Errorf("delete masquerade for %s: %w", label, err)
 	}
