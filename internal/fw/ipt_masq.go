@@ -438,6 +438,10 @@ func (m *IPTMasq) DelMasq(ctx context.Context, owner Owner, ips []net.IP) error 
 	}
 	label, chain := owner.label(), iptOwnerChain(owner)
 	comment := ownerComment(owner, iptCommentMax)
+	fams := mayHoldChain(m.available(), chain)
+	if len(fams) == 0 {
+		return nil
+	}
 	release, err := lockFile(ctx, m.LockPath)
 	if err != nil {
 		return fmt.Errorf("delete masquerade for %s: %w", label, err)
@@ -445,7 +449,7 @@ func (m *IPTMasq) DelMasq(ctx context.Context, owner Owner, ips []net.IP) error 
 	defer release()
 	var errs []error
 	split := byFamily(hint)
-	for _, f := range m.available() {
+	for _, f := range fams {
 		if f.delHinted(ctx, chain, comment, split[f.fam]) {
 			continue
 		}

@@ -7,6 +7,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// mayHoldChain returns the families that may hold the owner chain in their
+// nat table. The chain appears only through its owner's ADD, so a DEL that
+// finds it in no family (the usual case on a host using the other backend)
+// is done, without the lock or any iptables process.
+func mayHoldChain(fams []*iptFamily, chain string) []*iptFamily {
+	var out []*iptFamily
+	for _, f := range fams {
+		if f.mayHold("nat", chain) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // mayHold reports whether iptables of this family can hold chain in table,
 // without running iptables: false only when nf_tables shows that
 // iptables-nft has no such chain and no legacy (x_tables) table of that name

@@ -555,6 +555,10 @@ func (m *IPTPorts) del(ctx context.Context, owner Owner, known []PortMapping) ([
 		return nil, err
 	}
 	label, chain := owner.label(), iptPMOwnerChain(owner)
+	fams := mayHoldChain(m.available(), chain)
+	if len(fams) == 0 {
+		return nil, nil
+	}
 	release, err := lockFile(ctx, m.LockPath)
 	if err != nil {
 		return nil, fmt.Errorf("remove published ports of %s: %w", label, err)
@@ -562,7 +566,7 @@ func (m *IPTPorts) del(ctx context.Context, owner Owner, known []PortMapping) ([
 	defer release()
 	var errs []error
 	var removed []PortMapping
-	for _, f := range m.available() {
+	for _, f := range fams {
 		if len(known) > 0 {
 			if existed, ok := f.pmDrop(chain); ok {
 				if existed {

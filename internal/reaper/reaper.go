@@ -14,7 +14,6 @@ package reaper
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -47,18 +46,28 @@ func Start(j Job) error {
 	if err != nil {
 		return fmt.Errorf("start reaper: %w", err)
 	}
-	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), envReap+"=1",
-		envIndex+"="+strconv.Itoa(j.LinkIndex), envAlias+"="+j.LinkAlias)
-	cmd.ExtraFiles = j.Files
-	// Its own session: a signal to the runtime's process group after the
-	// plugin answered does not stop it half way (nothing is half way: each
-	// of its steps is one kernel operation).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
+	null, err := os.Open(os.DevNull)
+	if err != nil {
 		return fmt.Errorf("start reaper: %w", err)
 	}
-	return cmd.Process.Release()
+	defer null.Close()
+	files := []uintptr{null.Fd(), null.Fd(), null.Fd()}
+	for _, f := range j.Files {
+		files = append(files, f.Fd())
+	}
+	env := append(os.Environ(), envReap+"=1",
+		envIndex+"="+strconv.Itoa(j.LinkIndex), envAlias+"="+j.LinkAlias)
+	// syscall.ForkExec rather than os/exec: nothing here waits for the
+	// process, and os/exec's first start also probes pidfd support with an
+	// extra fork. Its own session: a signal to the runtime's process group
+	// after the plugin answered does not reach it.
+	_, err = syscall.ForkExec(self, []string{self}, &syscall.ProcAttr{
+		Env: env, Files: files, Sys: &syscall.SysProcAttr{Setsid: true},
+	})
+	if err != nil {
+		return fmt.Errorf("start reaper: %w", err)
+	}
+	return nil
 }
 
 // Main runs the job when this process is a reaper, and then exits; in any
