@@ -270,9 +270,16 @@ func iptUnavailable(err error) bool {
 // check that an ADD on a complete base starts none).
 var iptListings atomic.Int64
 
+// iptRestores counts the iptables-restore processes (the tests check that
+// a DEL on iptables-nft starts none).
+var iptRestores atomic.Int64
+
 func (f *iptFamily) run(ctx context.Context, stdin string, name string, args ...string) (string, error) {
-	if name == f.cmd {
+	switch name {
+	case f.cmd:
 		iptListings.Add(1)
+	case f.restore:
+		iptRestores.Add(1)
 	}
 	cmd := exec.CommandContext(ctx, name, args...)
 	var stdout, stderr bytes.Buffer

@@ -242,12 +242,15 @@ func (v *iptNFTView) dropChains(table string, dispatch []string, chains ...strin
 		return true
 	}
 	for _, d := range dispatch {
-		rs, ok := v.rules(table, d)
-		if !ok {
+		// A dispatch chain holds a rule per container: only handles and
+		// jump targets are decoded (see nftReader.jumps).
+		js, err := v.rd.jumps(byte(v.family), table, d)
+		if err != nil {
 			return false
 		}
-		for _, r := range rs {
-			if doomed[jumpTarget(r)] {
+		for _, j := range js {
+			if doomed[j.target] {
+				r := &nftables.Rule{Table: t, Chain: &nftables.Chain{Name: d, Table: t}, Handle: j.handle}
 				if err := v.conn.DelRule(r); err != nil {
 					return false
 				}

@@ -2,6 +2,8 @@ package fw
 
 import (
 	"context"
+	"os/exec"
+	"strings"
 	"testing"
 )
 
@@ -78,5 +80,78 @@ func TestIPTAddOnCompleteBase(t *testing.T) {
 			}
 		}
 		must(m.CheckMasq(ctx, rc))
+	})
+}
+
+// TestIPTDelDropsThroughNetlink: on iptables-nft a DEL removes the owner's
+// chain and the rules jumping to it through netlink (dropChains), starting
+// no iptables process at all, in both families; the other owner's chain
+// and jumps stay and pass CHECK.
+func TestIPTDelDropsThroughNetlink(t *testing.T) {
+	requireThrowawayNS(t)
+	if p, err := exec.LookPath("iptables"); err != nil || !iptablesIsNFT(p) {
+		t.Skip("iptables is not iptables-nft")
+	}
+	ctx := context.Background()
+	processes := func(fn func()) int64 {
+		t.Helper()
+		before := iptListings.Load() + iptRestores.Load()
+		fn()
+		return iptListings.Load() + iptRestores.Load() - before
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	gone := func(table, chain string) {
+		t.Helper()
+		for _, f := range families {
+			s := saveTable(t, f, table)
+			if s.chains[chain] {
+				t.Errorf("%s: chain %s left after DEL", f, chain)
+			}
+			for c, rules := range s.rules {
+				for _, r := range rules {
+					if strings.Contains(r, chain) {
+						t.Errorf("%s: rule of %s jumping to %s left after DEL: %s", f, c, chain, r)
+					}
+				}
+			}
+		}
+	}
+
+	t.Run("masquerade", func(t *testing.T) {
+		m := iptHarness().fresh(t).(*IPTMasq)
+		ra, rb := masqRule(t, ownerA, "10.88.0.2/24", "fd00:88::2/64"), masqRule(t, ownerB, "10.88.0.3/24", "fd00:88::3/64")
+		must(m.AddMasq(ctx, ra))
+		must(m.AddMasq(ctx, rb))
+		if n := processes(func() { must(m.DelMasq(ctx, ownerA, ips("10.88.0.2", "fd00:88::2"))) }); n != 0 {
+			t.Errorf("DEL started %d iptables processes, want 0", n)
+		}
+		gone("nat", iptOwnerChain(ownerA))
+		must(m.CheckMasq(ctx, rb))
+	})
+
+	t.Run("portmap", func(t *testing.T) {
+		m := iptPMHarness().fresh(t).(*IPTPorts)
+		ra := pmRule(t, ownerA, dualA, "tcp 8080:80", "udp 5353:53")
+		rb := pmRule(t, ownerB, []string{"10.88.0.3/24", "fd00:88::3/64"}, "tcp 8081:80")
+		must(m.AddPorts(ctx, ra))
+		must(m.AddPorts(ctx, rb))
+		var removed []PortMapping
+		if n := processes(func() {
+			var err error
+			removed, err = m.DelKnownPorts(ctx, ownerA, ra.Mappings)
+			must(err)
+		}); n != 0 {
+			t.Errorf("DEL started %d iptables processes, want 0", n)
+		}
+		if len(removed) == 0 {
+			t.Error("DEL reported nothing removed")
+		}
+		gone("nat", iptPMOwnerChain(ownerA))
+		must(m.CheckPorts(ctx, rb))
 	})
 }

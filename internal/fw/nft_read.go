@@ -391,3 +391,109 @@ func cmpValue(data []byte) []byte {
 	}
 	return v
 }
+
+// ruleJump is one rule of a chain: its handle and the chain its immediate
+// verdict jumps to ("" when it does not jump).
+type ruleJump struct {
+	handle uint64
+	target string
+}
+
+// jumps lists the rules of chain with their jump targets, decoding nothing
+// else: a dispatch chain of iptables-nft holds a rule per container, whose
+// matches (compat extensions) need not be parsed to find the rule that
+// jumps to a given chain. An absent chain has none.
+func (r *nftReader) jumps(family byte, table, chain string) ([]ruleJump, error) {
+	msgs, err := r.requestFamily(family, unix.NFT_MSG_GETRULE, true, []netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_RULE_CHAIN, Data: cstr(chain)},
+	})
+	if ok, err := found(err); !ok || err != nil {
+		return nil, err
+	}
+	out := make([]ruleJump, 0, len(msgs))
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := newDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		var j ruleJump
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_RULE_HANDLE:
+				j.handle = ad.Uint64()
+			case unix.NFTA_RULE_EXPRESSIONS:
+				ad.Nested(func(list *netlink.AttributeDecoder) error {
+					for list.Next() {
+						list.Nested(func(e *netlink.AttributeDecoder) error {
+							var name string
+							var data []byte
+							for e.Next() {
+								switch e.Type() {
+								case unix.NFTA_EXPR_NAME:
+									name = e.String()
+								case unix.NFTA_EXPR_DATA:
+									data = e.Bytes()
+								}
+							}
+							if name == "immediate" {
+								if t := jumpOf(data); t != "" {
+									j.target = t
+								}
+							}
+							return nil
+						})
+					}
+					return nil
+				})
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, fmt.Errorf("decode rules of %s: %w", chain, err)
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
+// jumpOf is the chain an immediate expression's verdict jumps to, or "".
+func jumpOf(data []byte) string {
+	ad, err := newDecoder(data)
+	if err != nil {
+		return ""
+	}
+	target := ""
+	for ad.Next() {
+		if ad.Type() != unix.NFTA_IMMEDIATE_DATA {
+			continue
+		}
+		ad.Nested(func(d *netlink.AttributeDecoder) error {
+			for d.Next() {
+				if d.Type() != unix.NFTA_DATA_VERDICT {
+					continue
+				}
+				d.Nested(func(v *netlink.AttributeDecoder) error {
+					var code int32
+					var chain string
+					for v.Next() {
+						switch v.Type() {
+						case unix.NFTA_VERDICT_CODE:
+							code = int32(v.Uint32())
+						case unix.NFTA_VERDICT_CHAIN:
+							chain = v.String()
+						}
+					}
+					if code == unix.NFT_JUMP {
+						target = chain
+					}
+					return nil
+				})
+			}
+			return nil
+		})
+	}
+	return target
+}
