@@ -13,6 +13,7 @@ package reaper
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -35,7 +36,8 @@ type Job struct {
 	// given to a new link meanwhile is left alone.
 	LinkIndex int
 	LinkAlias string
-	// Files are held open until the reaper exits.
+	// Files are held open until the reaper exits, which is after the
+	// plugin has.
 	Files []*os.File
 }
 
@@ -51,7 +53,15 @@ func Start(j Job) error {
 		return fmt.Errorf("start reaper: %w", err)
 	}
 	defer null.Close()
-	files := []uintptr{null.Fd(), null.Fd(), null.Fd()}
+	// The reaper must hold the sockets until this process is gone: it
+	// waits for end of file on a pipe whose write end only this process
+	// holds, and the kernel closes it when the process exits.
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start reaper: %w", err)
+	}
+	defer r.Close()
+	files := []uintptr{null.Fd(), null.Fd(), null.Fd(), r.Fd()}
 	for _, f := range j.Files {
 		files = append(files, f.Fd())
 	}
@@ -65,10 +75,16 @@ func Start(j Job) error {
 		Env: env, Files: files, Sys: &syscall.SysProcAttr{Setsid: true},
 	})
 	if err != nil {
+		w.Close()
 		return fmt.Errorf("start reaper: %w", err)
 	}
+	parentAlive = append(parentAlive, w)
 	return nil
 }
+
+// parentAlive keeps the write ends of the reapers' pipes open (and out of
+// reach of the garbage collector's finalizers) until the process exits.
+var parentAlive []*os.File
 
 // Main runs the job when this process is a reaper, and then exits; in any
 // other process it returns at once. Plugins call it first thing.
@@ -79,7 +95,10 @@ func Main() {
 	if i, err := strconv.Atoi(os.Getenv(envIndex)); err == nil && i > 0 {
 		deleteLink(i, os.Getenv(envAlias))
 	}
-	// The held sockets are released as this process exits.
+	// Wait for the plugin to exit (end of file on fd 3), then release the
+	// held sockets by exiting.
+	parent := os.NewFile(3, "parent")
+	io.Copy(io.Discard, parent)
 	os.Exit(0)
 }
 
