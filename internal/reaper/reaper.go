@@ -44,10 +44,9 @@ type Job struct {
 // Start runs j in a detached process and returns without waiting. The
 // caller may close its copies of j.Files afterwards.
 func Start(j Job) error {
-	self, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("start reaper: %w", err)
-	}
+	// /proc/self/exe runs this very binary even if its file has been
+	// replaced or removed since (an upgrade during a DEL).
+	const self = "/proc/self/exe"
 	null, err := os.Open(os.DevNull)
 	if err != nil {
 		return fmt.Errorf("start reaper: %w", err)

@@ -1,7 +1,13 @@
 package reaper
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -9,7 +15,93 @@ import (
 	"github.com/plumbnet/plumb/internal/testns"
 )
 
-func TestMain(m *testing.M) { testns.MainInHostNS(m) }
+func TestMain(m *testing.M) {
+	Main() // the reapers the plugin stand-in below starts
+	if os.Getenv(envStandIn) == "1" {
+		os.Exit(standIn())
+	}
+	testns.MainInHostNS(m)
+}
+
+const envStandIn = "PLUMB_REAPER_TEST_STANDIN"
+
+// standIn plays a plugin's DEL: it opens a netfilter socket, hands it to a
+// reaper, prints the socket's inode and lives 300 ms more.
+func standIn() int {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		fmt.Println("socket:", err)
+		return 1
+	}
+	var st unix.Stat_t
+	unix.Fstat(fd, &st)
+	ReleaseSocketsLater()
+	fmt.Println(st.Ino)
+	os.Stdout.Sync()
+	time.Sleep(300 * time.Millisecond)
+	return 0
+}
+
+// holders lists the processes other than skip with a descriptor on the
+// socket with inode ino.
+func holders(ino uint64, skip int) []int {
+	want := fmt.Sprintf("socket:[%d]", ino)
+	var out []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == skip {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
+		for _, fd := range fds {
+			if l, _ := os.Readlink(filepath.Join("/proc", p.Name(), "fd", fd.Name())); l == want {
+				out = append(out, pid)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// TestReaperHoldsSocketsUntilPluginExits: the reaper holds the plugin's
+// netfilter socket while the plugin runs (so the plugin's exit does not
+// release it) and lets go of it once the plugin has exited.
+func TestReaperHoldsSocketsUntilPluginExits(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), envStandIn+"=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var ino uint64
+	if _, err := fmt.Fscan(out, &ino); err != nil {
+		t.Fatalf("read the stand-in's socket: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond) // well past the reaper's start; the plugin lives 300 ms
+	if h := holders(ino, cmd.Process.Pid); len(h) != 1 {
+		t.Errorf("while the plugin runs, %d other processes hold its socket (%v), want 1: the reaper", len(h), h)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		h := holders(ino, -1)
+		if len(h) == 0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("5 s after the plugin exited, %v still hold its socket", h)
+		}
+	}
+}
 
 // A reaper deletes its link only while the link still carries the alias
 // the DEL gave it: an index reused by a new link is left alone.

@@ -181,11 +181,7 @@ func backendOf(c *Config) string {
 	return c.IPMasqBackend
 }
 
-// teardownBackends is every masquerade backend, the configured one last:
-// after an nftables commit that deleted rules, the next nfnetlink socket to
-// close waits for an RCU grace period (the kernel frees the rules then), so
-// the other backend's probe runs before it, and the wait overlaps the
-// veth's deletion instead.
+// teardownBackends is every masquerade backend, the configured one last.
 func (p *Plugin) teardownBackends(c *Config) []string {
 	var out []string
 	for _, b := range masqBackends {
