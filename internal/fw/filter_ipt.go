@@ -338,7 +338,7 @@ func (f *iptFamily) applyFilter(ctx context.Context, lines []string) error {
 		return nil
 	}
 	batch := "*filter\n" + strings.Join(lines, "\n") + "\nCOMMIT\n"
-	_, err := f.run(ctx, batch, f.restore, "--noflush", "--wait")
+	err := f.restoreBatch(ctx, batch)
 	return err
 }
 

@@ -57,6 +57,8 @@ var _ Masquerader = (*IPTMasq)(nil)
 type iptFamily struct {
 	fam          family
 	cmd, restore string // iptables, iptables-restore (or the ip6 pair)
+	warmMu       sync.Mutex
+	warming      chan *restoreProc // see warm
 	libOnce      sync.Once
 	lib          *iptables.IPTables // for Check and GC, made on first use
 	libErr       error
@@ -326,8 +328,7 @@ func (f *iptFamily) hasJump(ctx context.Context) (bool, error) {
 // apply runs lines as one iptables-restore --noflush batch on the nat table.
 func (f *iptFamily) apply(ctx context.Context, lines []string) error {
 	batch := "*nat\n" + strings.Join(lines, "\n") + "\nCOMMIT\n"
-	_, err := f.run(ctx, batch, f.restore, "--noflush", "--wait")
-	return err
+	return f.restoreBatch(ctx, batch)
 }
 
 // library is go-iptables for this family, made (one exec) on first use.

@@ -122,8 +122,7 @@ func (f *iptFamily) pmApply(ctx context.Context, nat, raw []string) error {
 	if b.Len() == 0 {
 		return nil
 	}
-	_, err := f.run(ctx, b.String(), f.restore, "--noflush", "--wait")
-	return err
+	return f.restoreBatch(ctx, b.String())
 }
 
 func specsOf(rules []iptRule) []string {
@@ -430,12 +429,18 @@ func (m *IPTPorts) AddPorts(ctx context.Context, rule PortRule) error {
 	}
 	label, chain := rule.Owner.label(), iptPMOwnerChain(rule.Owner)
 	comment := ownerComment(rule.Owner, iptCommentMax)
+	split := p.byFamily()
+	for _, f := range m.available() {
+		if len(split[f.fam]) > 0 {
+			f.warm(ctx) // starts while the lock is taken and the state read
+			defer f.cool()
+		}
+	}
 	release, err := lockFile(ctx, m.LockPath)
 	if err != nil {
 		return fmt.Errorf("publish ports of %s: %w", label, err)
 	}
 	defer release()
-	split := p.byFamily()
 	var done []*iptFamily
 	for _, f := range m.available() {
 		if len(split[f.fam]) == 0 {

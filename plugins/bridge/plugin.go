@@ -244,14 +244,27 @@ func (p *Plugin) startAddressing(ctx context.Context, c *Config, args *skel.CmdA
 	a := &addressing{ipamDone: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
+		var m fw.Masquerader
+		var merr error
+		if c.IPMasq {
+			if m, merr = p.Masq(c.IPMasqBackend); merr == nil {
+				// An iptables masquerade starts its iptables-restore now,
+				// to take the batch once IPAM has answered.
+				if w, ok := m.(fw.Warmer); ok {
+					w.Warm(ctx)
+					defer w.Cool()
+				}
+			}
+		}
 		a.res, a.ipamErr = p.ipamAdd(ctx, c, args, &a.undo)
 		close(a.ipamDone)
-		if a.ipamErr != nil {
+		switch {
+		case a.ipamErr != nil:
 			a.err = a.ipamErr
-			return
-		}
-		if c.IPMasq {
-			a.err = p.addMasq(ctx, c, args, a.res, &a.undo)
+		case merr != nil:
+			a.err = fmt.Errorf("masquerade backend %q: %w", c.IPMasqBackend, merr)
+		case m != nil:
+			a.err = addMasq(ctx, m, c, args, a.res, &a.undo)
 		}
 	}()
 	return a
@@ -289,11 +302,7 @@ func (p *Plugin) ipamAdd(ctx context.Context, c *Config, args *skel.CmdArgs, u *
 }
 
 // addMasq masquerades traffic from the attachment's addresses.
-func (p *Plugin) addMasq(ctx context.Context, c *Config, args *skel.CmdArgs, ipamRes *current.Result, u *undo) error {
-	m, err := p.Masq(c.IPMasqBackend)
-	if err != nil {
-		return fmt.Errorf("masquerade backend %q: %w", c.IPMasqBackend, err)
-	}
+func addMasq(ctx context.Context, m fw.Masquerader, c *Config, args *skel.CmdArgs, ipamRes *current.Result, u *undo) error {
 	rule := fw.MasqRule{Owner: owner(c, args)}
 	var hint []net.IP
 	for _, ipc := range ipamRes.IPs {
