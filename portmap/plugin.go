@@ -112,19 +112,35 @@ func (p *Plugin) Add(args *skel.CmdArgs) (types.Result, error) {
 		return nil, err
 	}
 	ctx := context.Background()
+	// Whether route_localnet is on already (nearly always, after the first
+	// container) is asked while the rules go in.
+	type localnetState struct {
+		on  bool
+		err error
+	}
+	ip := localnetIP(rule)
+	localnet := make(chan localnetState, 1)
+	if ip != nil {
+		go func() {
+			_, on, err := p.Localnet.Enabled(ip)
+			localnet <- localnetState{on, err}
+		}()
+	}
 	if err := m.AddPorts(ctx, rule); err != nil {
 		return nil, codeOf(err)
 	}
 	crashpoint.Here("portmap.add.rules")
 	// After the rules: they include the guard against 127/8 from outside,
 	// which must be in place before route_localnet lets such packets in.
-	if ip := localnetIP(rule); ip != nil {
-		if _, err := p.Localnet.Enable(ip); err != nil {
-			err = fmt.Errorf("enable route_localnet for %s: %w", ip, err)
-			if _, uerr := fw.DelPortsKnown(ctx, m, rule.Owner, rule.Mappings); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("undo published ports: %w", uerr))
+	if ip != nil {
+		if st := <-localnet; st.err != nil || !st.on {
+			if _, err := p.Localnet.Enable(ip); err != nil {
+				err = fmt.Errorf("enable route_localnet for %s: %w", ip, err)
+				if _, uerr := fw.DelPortsKnown(ctx, m, rule.Owner, rule.Mappings); uerr != nil {
+					err = errors.Join(err, fmt.Errorf("undo published ports: %w", uerr))
+				}
+				return nil, err
 			}
-			return nil, err
 		}
 		crashpoint.Here("portmap.add.localnet")
 	}
