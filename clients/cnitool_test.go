@@ -297,7 +297,7 @@ func cnitoolSuite(t *testing.T, c *cnitool, conf netConf, data string, hostPort 
 	}
 
 	c.must("del", network, a.Path(), publishedPort(hostPort, 80))
-	if hostLinkExists(resA.Interfaces[1].Name) {
+	if !hostLinkGoneSoon(resA.Interfaces[1].Name) {
 		t.Fatalf("del left A's veth %s", resA.Interfaces[1].Name)
 	}
 	if _, err := httpGet(ext, published, "/"); err == nil {

@@ -261,8 +261,8 @@ func (c *containerd) stopRemove(p *pod, keepVeths int) {
 	c.t.Helper()
 	c.crictlMust("stopp", p.ID)
 	c.crictlMust("stopp", p.ID)
-	if n := len(hostVeths(c.t)); n != keepVeths {
-		c.t.Fatalf("veths after stopp %s: %v, want %d", p.Name, hostVeths(c.t), keepVeths)
+	if v := hostVethsSoon(c.t, keepVeths); len(v) != keepVeths {
+		c.t.Fatalf("veths after stopp %s: %v, want %d", p.Name, v, keepVeths)
 	}
 	wantNoMention(c.t, "crictl stopp "+p.Name, p.IP, p.ID)
 	if _, err := os.Stat(p.NetNSPath); err == nil {

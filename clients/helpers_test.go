@@ -260,6 +260,29 @@ func hostLinkExists(name string) bool {
 	return err == nil
 }
 
+// hostLinkGoneSoon reports whether the link is gone within 5 s: bridge's
+// DEL retires the host veth (marked, down) and a reaper deletes it just
+// after DEL answers.
+func hostLinkGoneSoon(name string) bool {
+	for end := time.Now().Add(5 * time.Second); hostLinkExists(name); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			return false
+		}
+	}
+	return true
+}
+
+// hostVethsSoon is hostVeths once it has n entries, or after 5 s (see
+// hostLinkGoneSoon).
+func hostVethsSoon(t *testing.T, n int) []string {
+	t.Helper()
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if v := hostVeths(t); len(v) == n || time.Now().After(end) {
+			return v
+		}
+	}
+}
+
 // reservations lists the address files host-local keeps for network
 // under dataDir (not the lock or last_reserved_ip files).
 func reservations(t *testing.T, dataDir, network string) []string {

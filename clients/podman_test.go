@@ -247,7 +247,7 @@ func TestPodman(t *testing.T) {
 	}
 	p.run("rm", "--force", "--time", "0", "c")
 	wantNoMention(t, "podman rm -f c", ip(c), c.ID)
-	if v := hostVeths(t); len(v) != 2 || slices.Contains(reservations(t, dataDir, network), ip(c)) {
+	if v := hostVethsSoon(t, 2); len(v) != 2 || slices.Contains(reservations(t, dataDir, network), ip(c)) {
 		t.Fatalf("after podman rm -f c: veths %v, reservations %v", v, reservations(t, dataDir, network))
 	}
 
@@ -260,8 +260,8 @@ func TestPodman(t *testing.T) {
 	if slices.Contains(reservations(t, dataDir, network), ip(a)) {
 		t.Fatalf("a's reservation %s is left after podman stop", ip(a))
 	}
-	if len(hostVeths(t)) != 1 {
-		t.Fatalf("veths after stopping a: %v, want only b's", hostVeths(t))
+	if v := hostVethsSoon(t, 1); len(v) != 1 {
+		t.Fatalf("veths after stopping a: %v, want only b's", v)
 	}
 	if _, err := httpGet(ext, fmt.Sprintf("%s:18500", hostUplinkIP), "/cgi-bin/who"); err == nil {
 		t.Fatal("port 18500 still answers after podman stop a")

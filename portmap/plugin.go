@@ -171,8 +171,10 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	known := knownMappings(c, args)
 	// The kernel makes the release of a netfilter socket wait after a
 	// deletion: a reaper releases them after the answer.
-	fw.HoldNetfilterSockets()
-	defer reaper.ReleaseSocketsLater()
+	if reaper.Enabled() {
+		fw.HoldNetfilterSockets()
+		defer reaper.ReleaseSocketsLater()
+	}
 	ctx := context.Background()
 	var errs []error
 	var removed []fw.PortMapping

@@ -49,6 +49,7 @@ type Plugin interface {
 // Main runs p as the plugin binary name and exits.
 func Main(name string, p Plugin) {
 	reaper.Main() // a reaper started by this plugin's DEL does its job and exits
+	reaper.Enable()
 	if e := skel.PluginMainFuncsWithError(Funcs(p), SupportedVersions, About(name)); e != nil {
 		if err := e.Print(); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: write error: %v\n", name, err)

@@ -224,6 +224,21 @@ func (n *NS) EnsureAddr(l netlink.Link, addr net.IPNet, force bool) error {
 	return nil
 }
 
+// WaitGone polls, up to timeout, until no link is called name, and reports
+// whether none is.
+func (n *NS) WaitGone(name string, timeout time.Duration) bool {
+	end := time.Now().Add(timeout)
+	for {
+		if l, err := n.Get(name); err == nil && l == nil {
+			return true
+		}
+		if time.Now().After(end) {
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
 // WaitOperUp polls, up to timeout, until the link called name is
 // operationally up, and reports whether it is. The kernel updates the
 // operational state, and tells the bridge about the carrier, in one step

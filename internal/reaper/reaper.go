@@ -12,11 +12,13 @@
 package reaper
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -41,9 +43,24 @@ type Job struct {
 	Files []*os.File
 }
 
+// enabled is set by plugin binaries (Enable): a reaper is a new run of the
+// process's own binary, which only a plugin's main knows to turn into a
+// reaper. Anywhere else (a test calling a plugin's DEL in process) Start
+// refuses, and the caller does the work itself.
+var enabled atomic.Bool
+
+// Enable lets this process start reapers; plugin mains call it after Main.
+func Enable() { enabled.Store(true) }
+
+// Enabled reports whether Start can be used.
+func Enabled() bool { return enabled.Load() }
+
 // Start runs j in a detached process and returns without waiting. The
 // caller may close its copies of j.Files afterwards.
 func Start(j Job) error {
+	if !Enabled() {
+		return errors.New("start reaper: not a plugin binary")
+	}
 	// /proc/self/exe runs this very binary even if its file has been
 	// replaced or removed since (an upgrade during a DEL).
 	const self = "/proc/self/exe"
@@ -141,6 +158,9 @@ func NetfilterSockets() []*os.File {
 // that the process exits without waiting for their release. Failing to is
 // harmless: they are then released, slowly, as the process exits.
 func ReleaseSocketsLater() {
+	if !Enabled() {
+		return
+	}
 	if files := NetfilterSockets(); len(files) > 0 {
 		_ = Start(Job{Files: files})
 		for _, f := range files {

@@ -35,6 +35,7 @@ func standIn() int {
 	}
 	var st unix.Stat_t
 	unix.Fstat(fd, &st)
+	Enable()
 	ReleaseSocketsLater()
 	fmt.Println(st.Ino)
 	os.Stdout.Sync()
@@ -170,5 +171,16 @@ func TestNetfilterSocketsFindsOnlyNetfilter(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("the open netfilter socket is not among %d found", len(files))
+	}
+}
+
+// Outside a plugin binary (a test calling a plugin's DEL in process) a
+// reaper would be a new run of the test binary itself: Start refuses.
+func TestStartRefusedOutsidePlugins(t *testing.T) {
+	if Enabled() {
+		t.Skip("enabled by an earlier test of this process")
+	}
+	if err := Start(Job{}); err == nil {
+		t.Fatal("Start succeeded in a process that is not a plugin binary")
 	}
 }

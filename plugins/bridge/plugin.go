@@ -337,6 +337,14 @@ func ownVeth(host, cont *link.NS, cns *netns.NS, c *Config, args *skel.CmdArgs) 
 	if veth != nil && veth.Attrs().Alias == goneAlias(vethName) {
 		return nil, nil // an earlier DEL's, waiting for its reaper: ADD deletes it
 	}
+	if veth == nil && l.Type() == "veth" {
+		// The reaper of an earlier DEL may be deleting the pair right now:
+		// the host end is gone, and the container end follows within the
+		// kernel's grace periods. Its peer's index then names no link here.
+		if _, err := host.H.LinkByIndex(l.Attrs().ParentIndex); link.IsNotFound(err) && cont.WaitGone(args.IfName, 2*time.Second) {
+			return nil, nil
+		}
+	}
 	if veth == nil || veth.Type() != "veth" || l.Type() != "veth" || veth.Attrs().Alias != vethAlias(c.Name, args.ContainerID, args.IfName) {
 		return nil, taken("not the peer of this attachment's host veth " + vethName)
 	}

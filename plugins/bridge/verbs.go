@@ -44,7 +44,12 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	fw.HoldNetfilterSockets()
+	// Without a reaper (DEL called in process, by a test) everything is
+	// done here.
+	withReaper := reaper.Enabled()
+	if withReaper {
+		fw.HoldNetfilterSockets()
+	}
 	ctx := context.Background()
 	var errs []error
 	host, err := hostNS()
@@ -54,7 +59,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	defer host.Close()
 	vethName := hostVethName(args.ContainerID, args.IfName)
 	// Removing an empty bridge needs the veth gone first.
-	syncDelete := c.RemoveBridgeWhenEmpty
+	syncDelete := c.RemoveBridgeWhenEmpty || !withReaper
 	type retired struct {
 		job reaper.Job
 		err error
@@ -110,7 +115,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err := p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData); err != nil {
 		errs = append(errs, fmt.Errorf("IPAM %s DEL: %w", c.IPAM.Type, err))
 	}
-	r.job.Files = reaper.NetfilterSockets()
+	if withReaper {
+		r.job.Files = reaper.NetfilterSockets()
+	}
 	if r.job.LinkIndex != 0 || len(r.job.Files) > 0 {
 		if err := reaper.Start(r.job); err != nil && r.job.LinkIndex != 0 {
 			// No reaper: delete it here (and the sockets wait at exit).

@@ -194,8 +194,10 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		}
 	}
 	// See portmap's DEL: a reaper releases the netfilter sockets.
-	fw.HoldNetfilterSockets()
-	defer reaper.ReleaseSocketsLater()
+	if reaper.Enabled() {
+		fw.HoldNetfilterSockets()
+		defer reaper.ReleaseSocketsLater()
+	}
 	ctx := context.Background()
 	var errs []error
 	for _, b := range p.teardown(c) {
