@@ -18,7 +18,7 @@ import (
 // syscalls:
 //
 //	.plumb-owners/<key(owner)>/<ip> -> ../../<ip>     one symlink per reservation
-//	.plumb-owners/stamp -> "<mtime> <ctime> <ino>"      of the store directory
+//	.plumb-owners/stamp: "<mtime> <ctime> <ino>"        of the store directory
 //
 // The index is only a hint. Every hit is checked against the reservation
 // file itself, so a stale entry (a crash between writing the entry and the
@@ -62,12 +62,12 @@ func (d *Disk) dirStamp() (string, error) {
 
 // stampValid reports whether the index describes the directory as it is.
 func (d *Disk) stampValid() bool {
-	got, err := os.Readlink(d.indexPath(stampName))
+	got, err := os.ReadFile(d.indexPath(stampName))
 	if err != nil {
 		return false
 	}
 	now, err := d.dirStamp()
-	return err == nil && got == now
+	return err == nil && string(got) == now
 }
 
 // restamp records the directory's state after a change of ours. It is not
@@ -77,12 +77,7 @@ func (d *Disk) restamp() error {
 	if err != nil {
 		return err
 	}
-	tmp := d.indexPath(".stamp-tmp")
-	_ = os.Remove(tmp)
-	if err := os.Symlink(now, tmp); err != nil {
-		return err
-	}
-	return os.Rename(tmp, d.indexPath(stampName))
+	return writeInPlace(d.indexPath(stampName), now)
 }
 
 // ensureIndex makes the index trustworthy for the rest of this lock hold,

@@ -116,3 +116,37 @@ func TestOwnerIndexFollowsReleases(t *testing.T) {
 		t.Error("the stamp did not survive plumb's own changes: every call would rebuild")
 	}
 }
+
+// TestOwnerIndexOldSymlinkStamp: the stamp used to be a symlink; a store
+// left by that version is rebuilt once and then stamped in place, with no
+// file created anywhere through the old link.
+func TestOwnerIndexOldSymlinkStamp(t *testing.T) {
+	d, dir := newDisk(t, nil)
+	a := Owner{"a", "eth0"}
+	mustReserve(t, d, a, "10.0.0.2", "0")
+	stamp := filepath.Join(dir, indexDir, stampName)
+	now, err := d.dirStamp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(stamp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(now, stamp); err != nil {
+		t.Fatal(err)
+	}
+	relock(t, d)
+	mustReserve(t, d, Owner{"b", "eth0"}, "10.0.0.3", "0")
+	relock(t, d)
+	if !d.stampValid() {
+		t.Fatal("stamp not valid after a reservation")
+	}
+	if fi, err := os.Lstat(stamp); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("stamp after the upgrade: %v, %v; want a regular file", fi, err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, indexDir, now)); err == nil {
+		t.Fatal("a file was created through the old symlink")
+	}
+	got, err := d.GetByOwner(a)
+	wantIPs(t, "GetByOwner(a)", got, err, "10.0.0.2")
+}
