@@ -13,10 +13,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/vishvananda/netlink"
 
 	"github.com/plumbnet/plumb/internal/testns"
 )
@@ -141,10 +141,22 @@ func rulesetLines(t *testing.T) []string {
 func leftovers(t *testing.T, dataDir, network, containerID string, base []string) []string {
 	t.Helper()
 	var out []string
-	links, _ := netlink.LinkList()
-	for _, l := range links {
+	for _, l := range linkList(t) {
 		if strings.HasPrefix(l.Attrs().Alias, "plumb/"+network+"/"+containerID+"/") {
 			out = append(out, "veth "+l.Attrs().Name)
+		}
+	}
+	// A veth DEL retired is deleted by its reaper moments later; one that
+	// stays is a leak too.
+	veth := hostVeth(t, containerID)
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		l := hostLink(t, veth)
+		if l == nil || l.Attrs().Alias != "plumb-gone/"+veth {
+			break
+		}
+		if time.Now().After(end) {
+			out = append(out, "retired veth "+veth+", not deleted")
+			break
 		}
 	}
 	dir := filepath.Join(dataDir, network)

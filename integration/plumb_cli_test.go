@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/plumbnet/plumb/internal/testns"
 )
 
@@ -134,8 +132,7 @@ func TestPlumbRunInterrupted(t *testing.T) {
 	if rs := ruleset(t); strings.Contains(rs, "10.71.0.2") {
 		t.Fatalf("rules left:\n%s", rs)
 	}
-	links, _ := netlink.LinkList()
-	for _, l := range links {
+	for _, l := range linkList(t) {
 		if strings.HasPrefix(l.Attrs().Alias, "plumb/cliint/") {
 			t.Fatalf("veth left: %s", l.Attrs().Name)
 		}
