@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"sort"
@@ -67,7 +68,7 @@ func (e *env) takeInventory(ctx context.Context, ni *netInfo) (*inventory, error
 			o.Leaked, o.NetNS = false, a.NetNS
 		}
 	}
-	links, err := netlink.LinkList()
+	links, err := listLinks()
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
@@ -200,4 +201,15 @@ func cmdInspect(e *env, args []string) int {
 		fmt.Fprintf(w, "  problem: %s\n", p)
 	}
 	return 0
+}
+
+// listLinks lists the host's links, again when a concurrent change (a
+// DEL's reaper deleting a veth, say) interrupted the kernel's dump.
+func listLinks() ([]netlink.Link, error) {
+	for i := 0; ; i++ {
+		links, err := netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 10 {
+			return links, err
+		}
+	}
 }
