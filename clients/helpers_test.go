@@ -240,7 +240,7 @@ func wantIn(t *testing.T, what, ip, cidr string) {
 // one to the external namespace.
 func hostVeths(t *testing.T) []string {
 	t.Helper()
-	links := linkList(t)
+	links := testns.Links(t)
 	var out []string
 	for _, l := range links {
 		if l.Type() == "veth" && l.Attrs().Name != "plext0" {
@@ -249,21 +249,6 @@ func hostVeths(t *testing.T) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// linkList lists the links of the test's host namespace, again when a
-// concurrent change (a reaper deleting a veth) interrupted the dump.
-func linkList(t *testing.T) []netlink.Link {
-	t.Helper()
-	for i := 0; ; i++ {
-		links, err := netlink.LinkList()
-		if err == nil {
-			return links
-		}
-		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 20 {
-			t.Fatalf("list links: %v", err)
-		}
-	}
 }
 
 // hostLinkExists reports whether a link of that name is in the host namespace.
@@ -427,7 +412,7 @@ func wantMention(t *testing.T, what string, mentions ...string) {
 func wantPlumbVeth(t *testing.T, network, containerID string) {
 	t.Helper()
 	want := "plumb/" + network + "/" + containerID + "/eth0"
-	links := linkList(t)
+	links := testns.Links(t)
 	var aliases []string
 	for _, l := range links {
 		if l.Type() == "veth" {

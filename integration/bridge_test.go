@@ -87,21 +87,6 @@ func hostLink(t *testing.T, name string) netlink.Link {
 	return l
 }
 
-// linkList lists the links of the test's host namespace, again when a
-// concurrent change (a reaper deleting a veth) interrupted the dump.
-func linkList(t *testing.T) []netlink.Link {
-	t.Helper()
-	for i := 0; ; i++ {
-		links, err := netlink.LinkList()
-		if err == nil {
-			return links
-		}
-		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 20 {
-			t.Fatalf("list links: %v", err)
-		}
-	}
-}
-
 // vethGoneSoon waits for a host veth that DEL retired: DEL marks it and
 // sets it down, and its reaper deletes it moments later (internal/reaper).
 // It fails the test if the veth is still in use (unmarked or up) or is

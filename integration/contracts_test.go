@@ -19,13 +19,13 @@ func TestEmptyNetnsDelBeforeAdd(t *testing.T) {
 		Extra: map[string]any{"ipMasq": true, "macspoofchk": true}}
 	l := e.ConfList(bn.conflist("1.0.0"))
 	before := rulesetLines(t)
-	links := linkList(t)
+	links := testns.Links(t)
 	for i := 0; i < 2; i++ {
 		if err := e.CNI.DelNetworkList(e.Ctx(), l, &libcni.RuntimeConf{ContainerID: "ctr-nerd", NetNS: "", IfName: "eth0"}); err != nil {
 			t.Fatalf("DEL with empty CNI_NETNS: %v", err)
 		}
 	}
-	after := linkList(t)
+	after := testns.Links(t)
 	if len(after) != len(links) || strings.Join(rulesetLines(t), "\n") != strings.Join(before, "\n") {
 		t.Fatal("DEL of an unknown container changed links or rules")
 	}

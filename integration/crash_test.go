@@ -141,7 +141,7 @@ func rulesetLines(t *testing.T) []string {
 func leftovers(t *testing.T, dataDir, network, containerID string, base []string) []string {
 	t.Helper()
 	var out []string
-	for _, l := range linkList(t) {
+	for _, l := range testns.Links(t) {
 		if strings.HasPrefix(l.Attrs().Alias, "plumb/"+network+"/"+containerID+"/") {
 			out = append(out, "veth "+l.Attrs().Name)
 		}

@@ -132,7 +132,7 @@ func TestPlumbRunInterrupted(t *testing.T) {
 	if rs := ruleset(t); strings.Contains(rs, "10.71.0.2") {
 		t.Fatalf("rules left:\n%s", rs)
 	}
-	for _, l := range linkList(t) {
+	for _, l := range testns.Links(t) {
 		if strings.HasPrefix(l.Attrs().Alias, "plumb/cliint/") {
 			t.Fatalf("veth left: %s", l.Attrs().Name)
 		}

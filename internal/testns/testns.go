@@ -9,6 +9,7 @@
 package testns
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -165,4 +166,19 @@ func Summary(format string, args ...any) {
 	}
 	defer f.Close()
 	fmt.Fprintf(f, format+"\n", args...)
+}
+
+// Links lists the links of the test's host namespace, again when a
+// concurrent change (a DEL's reaper deleting a veth) interrupted the dump.
+func Links(t testing.TB) []netlink.Link {
+	t.Helper()
+	for i := 0; ; i++ {
+		links, err := netlink.LinkList()
+		if err == nil {
+			return links
+		}
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 20 {
+			t.Fatalf("list links: %v", err)
+		}
+	}
 }
