@@ -8,7 +8,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 // iptables-nft keeps its rules in nf_tables, where plumb can read them
@@ -22,7 +22,7 @@ import (
 
 // iptNFTView reads one family's iptables-nft tables.
 type iptNFTView struct {
-	conn   *nftables.Conn
+	conn   *nftables.Conn // for dropChains' transaction, made on first use
 	rd     *nftReader
 	family nftables.TableFamily
 }
@@ -50,12 +50,7 @@ func (f *iptFamily) nftView(tables ...string) (*iptNFTView, bool) {
 	if err != nil {
 		return nil, false
 	}
-	conn, err := nftables.New(nftables.AsLasting())
-	if err != nil {
-		rd.Close()
-		return nil, false
-	}
-	return &iptNFTView{conn: conn, rd: rd, family: fam}, true
+	return &iptNFTView{rd: rd, family: fam}, true
 }
 
 // iptablesIsNFT reports whether the iptables binary at path is
@@ -69,14 +64,16 @@ func (v *iptNFTView) close() {
 	if holdSockets.Load() {
 		return
 	}
-	v.conn.CloseLasting()
+	if v.conn != nil {
+		v.conn.CloseLasting()
+	}
 	v.rd.Close()
 }
 
 // rules returns chain's rules (none for an absent chain); ok is false when
 // they could not be read.
-func (v *iptNFTView) rules(table, chain string) ([]*nftables.Rule, bool) {
-	rs, err := v.conn.GetRules(&nftables.Table{Name: table, Family: v.family}, &nftables.Chain{Name: chain})
+func (v *iptNFTView) rules(table, chain string) ([][]leanExpr, bool) {
+	rs, err := leanRules(byte(v.family), table, chain)
 	return rs, err == nil
 }
 
@@ -102,10 +99,10 @@ func (v *iptNFTView) jumpsTo(table, chain, target string) bool {
 }
 
 // jumpTarget is the chain r jumps to, "" if none.
-func jumpTarget(r *nftables.Rule) string {
-	for _, e := range r.Exprs {
-		if vd, ok := e.(*expr.Verdict); ok && vd.Kind == expr.VerdictJump {
-			return vd.Chain
+func jumpTarget(r []leanExpr) string {
+	for _, e := range r {
+		if e.isVerdict && e.verdict == unix.NFT_JUMP {
+			return e.chain
 		}
 	}
 	return ""
@@ -119,10 +116,8 @@ func (v *iptNFTView) onlyJumps(table, chain string, targets ...string) bool {
 		return false
 	}
 	for i, r := range rs {
-		for _, e := range r.Exprs {
-			switch e.(type) {
-			case *expr.Counter, *expr.Verdict:
-			default:
+		for _, e := range r {
+			if e.name != "counter" && !(e.name == "immediate" && e.isVerdict) {
 				return false // a condition: not our rule
 			}
 		}
@@ -143,16 +138,16 @@ func (v *iptNFTView) masqByMark(table, chain string, mark uint32) bool {
 	m := binaryutil.NativeEndian.PutUint32(mark)
 	for _, r := range rs {
 		var masked, equal, masq bool
-		for _, e := range r.Exprs {
-			switch e := e.(type) {
-			case *expr.Bitwise:
-				masked = masked || bytes.Equal(e.Mask, m)
-			case *expr.Cmp:
-				equal = equal || (e.Op == expr.CmpOpEq && bytes.Equal(e.Data, m))
-			case *expr.Masq:
+		for _, e := range r {
+			switch e.name {
+			case "bitwise":
+				masked = masked || bytes.Equal(e.data, m)
+			case "cmp":
+				equal = equal || (e.cmpOp == unix.NFT_CMP_EQ && bytes.Equal(e.data, m))
+			case "masq":
 				masq = true
-			case *expr.Target: // iptables-nft keeps -j MASQUERADE as an xtables target
-				masq = masq || e.Name == "MASQUERADE"
+			case "target": // iptables-nft keeps -j MASQUERADE as an xtables target
+				masq = masq || e.target == "MASQUERADE"
 			}
 		}
 		if masked && equal && masq {
@@ -171,14 +166,14 @@ func (v *iptNFTView) loopbackGuard(table, chain string) bool {
 	}
 	for _, r := range rs {
 		var drop, notLo, loopNet bool
-		for _, e := range r.Exprs {
-			switch e := e.(type) {
-			case *expr.Verdict:
-				drop = drop || e.Kind == expr.VerdictDrop
-			case *expr.Cmp:
-				notLo = notLo || (e.Op == expr.CmpOpNeq && bytes.HasPrefix(e.Data, []byte("lo\x00")))
+		for _, e := range r {
+			switch e.name {
+			case "immediate":
+				drop = drop || (e.isVerdict && e.verdict == nfDrop)
+			case "cmp":
+				notLo = notLo || (e.cmpOp == unix.NFT_CMP_NEQ && bytes.HasPrefix(e.data, []byte("lo\x00")))
 				// iptables-nft compares only the first byte for a /8.
-				loopNet = loopNet || (e.Op == expr.CmpOpEq && (bytes.Equal(e.Data, []byte{127}) || bytes.Equal(e.Data, []byte{127, 0, 0, 0})))
+				loopNet = loopNet || (e.cmpOp == unix.NFT_CMP_EQ && (bytes.Equal(e.data, []byte{127}) || bytes.Equal(e.data, []byte{127, 0, 0, 0})))
 			}
 		}
 		if drop && notLo && loopNet {
@@ -241,6 +236,15 @@ func (v *iptNFTView) dropChains(table string, dispatch []string, chains ...strin
 	if len(doomed) == 0 {
 		return true
 	}
+	// The library's connection, for the transaction only: reads go
+	// through the reader, decoding no more than they need.
+	if v.conn == nil {
+		conn, err := nftables.New(nftables.AsLasting())
+		if err != nil {
+			return false
+		}
+		v.conn = conn
+	}
 	for _, d := range dispatch {
 		// A dispatch chain holds a rule per container: only handles and
 		// jump targets are decoded (see nftReader.jumps).
@@ -264,3 +268,6 @@ func (v *iptNFTView) dropChains(table string, dispatch []string, chains ...strin
 	}
 	return v.conn.Flush() == nil
 }
+
+// nfDrop is the drop verdict's code (NF_DROP in linux/netfilter.h).
+const nfDrop = 0

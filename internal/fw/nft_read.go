@@ -591,3 +591,108 @@ func dumpLarge(family byte, msgType uint16, attrs []netlink.Attribute, fn func([
 
 // nlaTypeMask clears NLA_F_NESTED and NLA_F_NET_BYTEORDER from a type.
 const nlaTypeMask = 0x3fff
+
+// leanExpr is what the iptables-nft view reads of one rule expression:
+// its name and, by kind, the comparison, the mask, the verdict or the
+// xtables target's name. Everything else (compat match blobs above all) is
+// skipped, not decoded.
+type leanExpr struct {
+	name      string
+	cmpOp     uint32 // cmp: NFT_CMP_*
+	data      []byte // cmp: the value; bitwise: the mask
+	verdict   int32  // immediate: the verdict code, when isVerdict
+	chain     string // immediate: the chain a jump or goto names
+	isVerdict bool   // immediate: it sets the verdict (not a register)
+	target    string // target: the xtables target's name
+}
+
+// leanRules dumps the rules of chain and decodes them into leanExprs; an
+// absent chain has none.
+func leanRules(family byte, table, chain string) ([][]leanExpr, error) {
+	var out [][]leanExpr
+	err := dumpLarge(family, unix.NFT_MSG_GETRULE, []netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: cstr(table)},
+		{Type: unix.NFTA_RULE_CHAIN, Data: cstr(chain)},
+	}, func(m []byte) error {
+		if len(m) < 4 {
+			return nil
+		}
+		var rule []leanExpr
+		err := attrs(m[4:], func(typ uint16, data []byte) error {
+			if typ != unix.NFTA_RULE_EXPRESSIONS {
+				return nil
+			}
+			return attrs(data, func(_ uint16, elem []byte) error {
+				e, err := decodeLeanExpr(elem)
+				rule = append(rule, e)
+				return err
+			})
+		})
+		if err != nil {
+			return fmt.Errorf("decode rules of %s: %w", chain, err)
+		}
+		out = append(out, rule)
+		return nil
+	})
+	if ok, err := found(err); !ok || err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func decodeLeanExpr(elem []byte) (leanExpr, error) {
+	var e leanExpr
+	var data []byte
+	err := attrs(elem, func(typ uint16, d []byte) error {
+		switch typ {
+		case unix.NFTA_EXPR_NAME:
+			e.name = string(bytes.TrimRight(d, "\x00"))
+		case unix.NFTA_EXPR_DATA:
+			data = d
+		}
+		return nil
+	})
+	if err != nil {
+		return e, err
+	}
+	// value is the payload of an NFTA_DATA_VALUE nested in d.
+	value := func(d []byte) []byte {
+		var v []byte
+		attrs(d, func(typ uint16, x []byte) error {
+			if typ == unix.NFTA_DATA_VALUE {
+				v = x
+			}
+			return nil
+		})
+		return v
+	}
+	return e, attrs(data, func(typ uint16, d []byte) error {
+		switch {
+		case e.name == "cmp" && typ == unix.NFTA_CMP_OP && len(d) == 4:
+			e.cmpOp = binary.BigEndian.Uint32(d)
+		case e.name == "cmp" && typ == unix.NFTA_CMP_DATA:
+			e.data = value(d)
+		case e.name == "bitwise" && typ == unix.NFTA_BITWISE_MASK:
+			e.data = value(d)
+		case e.name == "target" && typ == unix.NFTA_TARGET_NAME:
+			e.target = string(bytes.TrimRight(d, "\x00"))
+		case e.name == "immediate" && typ == unix.NFTA_IMMEDIATE_DATA:
+			attrs(d, func(typ uint16, v []byte) error {
+				if typ != unix.NFTA_DATA_VERDICT {
+					return nil
+				}
+				e.isVerdict = true
+				return attrs(v, func(typ uint16, x []byte) error {
+					switch {
+					case typ == unix.NFTA_VERDICT_CODE && len(x) == 4:
+						e.verdict = int32(binary.BigEndian.Uint32(x))
+					case typ == unix.NFTA_VERDICT_CHAIN:
+						e.chain = string(bytes.TrimRight(x, "\x00"))
+					}
+					return nil
+				})
+			})
+		}
+		return nil
+	})
+}
