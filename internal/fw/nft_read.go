@@ -406,7 +406,13 @@ type ruleJump struct {
 // matches (compat extensions) need not be parsed to find the rule that
 // jumps to a given chain. An absent chain has none.
 func (r *nftReader) jumps(family byte, table, chain string) ([]ruleJump, error) {
-	var out []ruleJump
+	return dumpRules(family, table, chain, decodeJump)
+}
+
+// dumpRules dumps the rules of chain and decodes each with decode (given
+// the rule's attributes); an absent chain has none.
+func dumpRules[T any](family byte, table, chain string, decode func([]byte) (T, error)) ([]T, error) {
+	var out []T
 	err := dumpLarge(family, unix.NFT_MSG_GETRULE, []netlink.Attribute{
 		{Type: unix.NFTA_RULE_TABLE, Data: cstr(table)},
 		{Type: unix.NFTA_RULE_CHAIN, Data: cstr(chain)},
@@ -414,11 +420,11 @@ func (r *nftReader) jumps(family byte, table, chain string) ([]ruleJump, error) 
 		if len(m) < 4 {
 			return nil
 		}
-		j, err := decodeJump(m[4:])
+		r, err := decode(m[4:])
 		if err != nil {
 			return fmt.Errorf("decode rules of %s: %w", chain, err)
 		}
-		out = append(out, j)
+		out = append(out, r)
 		return nil
 	})
 	if ok, err := found(err); !ok || err != nil {
@@ -448,8 +454,9 @@ func attrs(b []byte, fn func(typ uint16, data []byte) error) error {
 }
 
 // decodeJump reads a rule's handle and the chain its immediate verdict
-// jumps to, walking the attributes in place: decoding a rule per container
-// with nested decoders cost more than the kernel's dump itself.
+// jumps to, walking the attributes in place and keeping nothing else:
+// decoding a rule per container with nested decoders cost more than the
+// kernel's dump itself.
 func decodeJump(b []byte) (ruleJump, error) {
 	var j ruleJump
 	err := attrs(b, func(typ uint16, data []byte) error {
@@ -459,25 +466,12 @@ func decodeJump(b []byte) (ruleJump, error) {
 				j.handle = binary.BigEndian.Uint64(data)
 			}
 		case unix.NFTA_RULE_EXPRESSIONS:
-			return attrs(data, func(_ uint16, elem []byte) error {
-				var name, edata []byte
-				if err := attrs(elem, func(typ uint16, d []byte) error {
-					switch typ {
-					case unix.NFTA_EXPR_NAME:
-						name = d
-					case unix.NFTA_EXPR_DATA:
-						edata = d
-					}
-					return nil
-				}); err != nil {
-					return err
-				}
-				if string(bytes.TrimRight(name, "\x00")) == "immediate" {
-					if t := jumpOf(edata); t != "" {
-						j.target = t
+			return eachExpr(data, func(name, edata []byte) {
+				if string(name) == "immediate" {
+					if code, chain, ok := verdictOf(edata); ok && code == unix.NFT_JUMP {
+						j.target = string(chain)
 					}
 				}
-				return nil
 			})
 		}
 		return nil
@@ -485,9 +479,30 @@ func decodeJump(b []byte) (ruleJump, error) {
 	return j, err
 }
 
-// jumpOf is the chain an immediate expression's verdict jumps to, or "".
-func jumpOf(data []byte) string {
-	target := ""
+// eachExpr calls fn with the name and data of each expression of a rule's
+// NFTA_RULE_EXPRESSIONS list.
+func eachExpr(list []byte, fn func(name, data []byte)) error {
+	return attrs(list, func(_ uint16, elem []byte) error {
+		var name, data []byte
+		if err := attrs(elem, func(typ uint16, d []byte) error {
+			switch typ {
+			case unix.NFTA_EXPR_NAME:
+				name = bytes.TrimRight(d, "\x00")
+			case unix.NFTA_EXPR_DATA:
+				data = d
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		fn(name, data)
+		return nil
+	})
+}
+
+// verdictOf reads an immediate expression's verdict: its code and, for a
+// jump or goto, the chain; ok is false when it loads a register instead.
+func verdictOf(data []byte) (code int32, chain []byte, ok bool) {
 	attrs(data, func(typ uint16, d []byte) error {
 		if typ != unix.NFTA_IMMEDIATE_DATA {
 			return nil
@@ -496,24 +511,19 @@ func jumpOf(data []byte) string {
 			if typ != unix.NFTA_DATA_VERDICT {
 				return nil
 			}
-			var code uint32
-			var chain []byte
-			attrs(v, func(typ uint16, x []byte) error {
+			ok = true
+			return attrs(v, func(typ uint16, x []byte) error {
 				switch {
 				case typ == unix.NFTA_VERDICT_CODE && len(x) == 4:
-					code = binary.BigEndian.Uint32(x)
+					code = int32(binary.BigEndian.Uint32(x))
 				case typ == unix.NFTA_VERDICT_CHAIN:
 					chain = bytes.TrimRight(x, "\x00")
 				}
 				return nil
 			})
-			if int32(code) == unix.NFT_JUMP {
-				target = string(chain)
-			}
-			return nil
 		})
 	})
-	return target
+	return code, chain, ok
 }
 
 // dumpBufSize is the read buffer of dumpLarge. The kernel sizes each batch
@@ -523,10 +533,10 @@ func jumpOf(data []byte) string {
 // a dump of a 1,000-rule chain took 8 ms, nearly all of it that walk.
 const dumpBufSize = 32 << 10
 
-// dumpLarge runs one nf_tables dump on a socket of its own, read with
-// dumpBufSize buffers, and calls fn with each reply's payload (nfgenmsg
-// and attributes, as netlink.Message.Data holds it), valid only during
-// the call.
+// dumpLarge runs one nf_tables dump on a socket of its own, read with a
+// dumpBufSize buffer, and calls fn with each reply's payload (nfgenmsg and
+// attributes, as netlink.Message.Data holds it), valid only during the
+// call: fn copies what it keeps.
 func dumpLarge(family byte, msgType uint16, attrs []netlink.Attribute, fn func([]byte) error) error {
 	req, err := nftMessage(family, msgType, true, attrs)
 	if err != nil {
@@ -606,93 +616,56 @@ type leanExpr struct {
 	target    string // target: the xtables target's name
 }
 
-// leanRules dumps the rules of chain and decodes them into leanExprs; an
-// absent chain has none.
+// leanRules dumps the rules of chain and decodes their expressions into
+// leanExprs; an absent chain has none.
 func leanRules(family byte, table, chain string) ([][]leanExpr, error) {
-	var out [][]leanExpr
-	err := dumpLarge(family, unix.NFT_MSG_GETRULE, []netlink.Attribute{
-		{Type: unix.NFTA_RULE_TABLE, Data: cstr(table)},
-		{Type: unix.NFTA_RULE_CHAIN, Data: cstr(chain)},
-	}, func(m []byte) error {
-		if len(m) < 4 {
-			return nil
-		}
+	return dumpRules(family, table, chain, func(b []byte) ([]leanExpr, error) {
 		var rule []leanExpr
-		err := attrs(m[4:], func(typ uint16, data []byte) error {
+		err := attrs(b, func(typ uint16, data []byte) error {
 			if typ != unix.NFTA_RULE_EXPRESSIONS {
 				return nil
 			}
-			return attrs(data, func(_ uint16, elem []byte) error {
-				e, err := decodeLeanExpr(elem)
-				rule = append(rule, e)
-				return err
+			return eachExpr(data, func(name, data []byte) {
+				rule = append(rule, decodeLeanExpr(string(name), data))
 			})
 		})
-		if err != nil {
-			return fmt.Errorf("decode rules of %s: %w", chain, err)
-		}
-		out = append(out, rule)
-		return nil
+		return rule, err
 	})
-	if ok, err := found(err); !ok || err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
-func decodeLeanExpr(elem []byte) (leanExpr, error) {
-	var e leanExpr
-	var data []byte
-	err := attrs(elem, func(typ uint16, d []byte) error {
-		switch typ {
-		case unix.NFTA_EXPR_NAME:
-			e.name = string(bytes.TrimRight(d, "\x00"))
-		case unix.NFTA_EXPR_DATA:
-			data = d
-		}
-		return nil
-	})
-	if err != nil {
-		return e, err
-	}
+// decodeLeanExpr reads what leanExpr holds of an expression's data. The
+// bytes are copied: the dump's buffer is reused by its next batch.
+func decodeLeanExpr(name string, data []byte) leanExpr {
+	e := leanExpr{name: name}
 	// value is the payload of an NFTA_DATA_VALUE nested in d.
 	value := func(d []byte) []byte {
 		var v []byte
 		attrs(d, func(typ uint16, x []byte) error {
 			if typ == unix.NFTA_DATA_VALUE {
-				v = x
+				v = bytes.Clone(x)
 			}
 			return nil
 		})
 		return v
 	}
-	return e, attrs(data, func(typ uint16, d []byte) error {
+	if name == "immediate" {
+		var chain []byte
+		e.verdict, chain, e.isVerdict = verdictOf(data)
+		e.chain = string(chain)
+		return e
+	}
+	attrs(data, func(typ uint16, d []byte) error {
 		switch {
-		case e.name == "cmp" && typ == unix.NFTA_CMP_OP && len(d) == 4:
+		case name == "cmp" && typ == unix.NFTA_CMP_OP && len(d) == 4:
 			e.cmpOp = binary.BigEndian.Uint32(d)
-		case e.name == "cmp" && typ == unix.NFTA_CMP_DATA:
+		case name == "cmp" && typ == unix.NFTA_CMP_DATA:
 			e.data = value(d)
-		case e.name == "bitwise" && typ == unix.NFTA_BITWISE_MASK:
+		case name == "bitwise" && typ == unix.NFTA_BITWISE_MASK:
 			e.data = value(d)
-		case e.name == "target" && typ == unix.NFTA_TARGET_NAME:
+		case name == "target" && typ == unix.NFTA_TARGET_NAME:
 			e.target = string(bytes.TrimRight(d, "\x00"))
-		case e.name == "immediate" && typ == unix.NFTA_IMMEDIATE_DATA:
-			attrs(d, func(typ uint16, v []byte) error {
-				if typ != unix.NFTA_DATA_VERDICT {
-					return nil
-				}
-				e.isVerdict = true
-				return attrs(v, func(typ uint16, x []byte) error {
-					switch {
-					case typ == unix.NFTA_VERDICT_CODE && len(x) == 4:
-						e.verdict = int32(binary.BigEndian.Uint32(x))
-					case typ == unix.NFTA_VERDICT_CHAIN:
-						e.chain = string(bytes.TrimRight(x, "\x00"))
-					}
-					return nil
-				})
-			})
 		}
 		return nil
 	})
+	return e
 }
