@@ -13,7 +13,6 @@ import (
 	"github.com/plumbnet/plumb/internal/cniplugin"
 	"github.com/plumbnet/plumb/internal/crashpoint"
 	"github.com/plumbnet/plumb/internal/fw"
-	"github.com/plumbnet/plumb/internal/reaper"
 )
 
 // Localnet turns on route_localnet (IPv4) for the interface the host routes
@@ -169,12 +168,6 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return err
 	}
 	known := knownMappings(c, args)
-	// The kernel makes the release of a netfilter socket wait after a
-	// deletion: a reaper releases them after the answer.
-	if reaper.Enabled() {
-		fw.HoldNetfilterSockets()
-		defer reaper.ReleaseSocketsLater()
-	}
 	ctx := context.Background()
 	var errs []error
 	var removed []fw.PortMapping

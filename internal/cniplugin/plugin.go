@@ -73,7 +73,12 @@ func Funcs(p Plugin) skel.CNIFuncs {
 			}
 			return PrintResult(res, args.StdinData)
 		}),
-		Del:    guard("DEL", p.Del),
+		Del: guard("DEL", func(args *skel.CmdArgs) error {
+			// What only waits for the kernel is left to a reaper.
+			reaper.Begin()
+			defer reaper.Finish()
+			return p.Del(args)
+		}),
 		Check:  guard("CHECK", p.Check),
 		GC:     guard("GC", p.GC),
 		Status: guard("STATUS", p.Status),

@@ -9,6 +9,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"golang.org/x/sys/unix"
+
+	"github.com/plumbnet/plumb/internal/reaper"
 )
 
 // iptables-nft keeps its rules in nf_tables, where plumb can read them
@@ -61,7 +63,7 @@ func iptablesIsNFT(path string) bool {
 }
 
 func (v *iptNFTView) close() {
-	if holdSockets.Load() {
+	if reaper.Holding() {
 		return
 	}
 	if v.conn != nil {
@@ -221,7 +223,7 @@ func (v *iptNFTView) masqBaseInPlace(chain string) bool {
 // there to do). Deleting by handle and name needs no knowledge of how
 // iptables-nft encodes a rule, and it spares DEL an iptables-restore
 // process, whose exit after a deletion waits for an RCU grace period in
-// the kernel (see holdSockets): this socket can be handed to a reaper. On
+// the kernel (see reaper.Holding): this socket can be handed to a reaper. On
 // false nothing changed (the kernel refuses the whole transaction when,
 // say, another rule still jumps to a chain), and the caller takes the
 // iptables path.

@@ -10,6 +10,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/plumbnet/plumb/internal/reaper"
 )
 
 // The nftables layout (table inet plumb_masq):
@@ -137,7 +139,7 @@ func addrVerdictMap(t *nftables.Table, name string, f family) *nftables.Set {
 // socket wait for the deferred destruction of the deleted objects (an RCU
 // grace period, 10-30 ms), which the caller need not wait for.
 func (s *nftSession) close() {
-	if holdSockets.Load() {
+	if reaper.Holding() {
 		return
 	}
 	go func() {

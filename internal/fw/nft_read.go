@@ -5,12 +5,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"syscall"
 
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/plumbnet/plumb/internal/reaper"
 )
 
 // nftReader asks nf_tables single questions over its own netlink socket:
@@ -31,24 +32,11 @@ func dialNFTReader() (*nftReader, error) {
 }
 
 func (r *nftReader) Close() error {
-	if holdSockets.Load() {
+	if reaper.Holding() {
 		return nil
 	}
 	return r.c.Close()
 }
-
-// Releasing a netfilter netlink socket after a transaction that deleted
-// anything waits in the kernel for the deferred destruction of what was
-// deleted (nf_tables flushes its destroy work, an RCU grace period: 10-30
-// ms), whichever socket made the transaction. A plugin that calls
-// HoldNetfilterSockets before a DEL keeps its sockets open to the end and
-// hands them to a process that outlives it (internal/reaper), so its answer
-// does not wait for that.
-var holdSockets atomic.Bool
-
-// HoldNetfilterSockets makes plumb's netfilter sockets stay open until the
-// process exits (see holdSockets).
-func HoldNetfilterSockets() { holdSockets.Store(true) }
 
 // vmapElem is one element of a verdict map: its key and the chain it jumps
 // or goes to ("" for other verdicts). For an element of a data map, data is
@@ -547,7 +535,7 @@ func dumpLarge(family byte, msgType uint16, attrs []netlink.Attribute, fn func([
 		return noNFTables(fmt.Errorf("open nf_tables netlink socket: %w", err))
 	}
 	defer func() {
-		if !holdSockets.Load() { // see holdSockets
+		if !reaper.Holding() { // see reaper.Holding
 			unix.Close(fd)
 		}
 	}()

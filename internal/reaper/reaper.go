@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -154,17 +155,61 @@ func NetfilterSockets() []*os.File {
 	return out
 }
 
-// ReleaseSocketsLater hands the process's netfilter sockets to a reaper, so
-// that the process exits without waiting for their release. Failing to is
-// harmless: they are then released, slowly, as the process exits.
-func ReleaseSocketsLater() {
-	if !Enabled() {
+// A DEL's reaper work is gathered while the DEL runs: Begin turns holding
+// on, DeleteLinkLater records the link, and Finish, once the DEL is done,
+// starts one reaper with the link and every netfilter socket, or does the
+// work itself when it cannot.
+var (
+	holding   atomic.Bool
+	linkMu    sync.Mutex
+	linkIndex int
+	linkAlias string
+)
+
+// Begin starts a DEL: from now on netfilter sockets stay open (Holding)
+// until Finish hands them to a reaper. It does nothing outside plugins.
+func Begin() {
+	if Enabled() {
+		holding.Store(true)
+	}
+}
+
+// Holding reports whether netfilter sockets must be left open for a
+// reaper: releasing one after a transaction that deleted anything waits in
+// the kernel for the deferred destruction of what was deleted (nf_tables
+// flushes its destroy work, an RCU grace period: 10-30 ms).
+func Holding() bool { return holding.Load() }
+
+// DeleteLinkLater records a link for Finish's reaper to delete while it
+// still has alias. It reports false outside a DEL of a plugin binary, when
+// the caller must delete the link itself.
+func DeleteLinkLater(index int, alias string) bool {
+	if !Holding() {
+		return false
+	}
+	linkMu.Lock()
+	defer linkMu.Unlock()
+	linkIndex, linkAlias = index, alias
+	return true
+}
+
+// Finish ends a DEL: it starts the reaper, or, when that fails, deletes
+// the recorded link here (the sockets are then released, slowly, as the
+// process exits).
+func Finish() {
+	if !Holding() {
 		return
 	}
-	if files := NetfilterSockets(); len(files) > 0 {
-		_ = Start(Job{Files: files})
-		for _, f := range files {
-			f.Close()
-		}
+	linkMu.Lock()
+	j := Job{LinkIndex: linkIndex, LinkAlias: linkAlias, Files: NetfilterSockets()}
+	linkMu.Unlock()
+	if j.LinkIndex == 0 && len(j.Files) == 0 {
+		return
+	}
+	if err := Start(j); err != nil && j.LinkIndex != 0 {
+		deleteLink(j.LinkIndex, j.LinkAlias)
+	}
+	for _, f := range j.Files {
+		f.Close()
 	}
 }

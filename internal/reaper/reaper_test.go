@@ -36,7 +36,8 @@ func standIn() int {
 	var st unix.Stat_t
 	unix.Fstat(fd, &st)
 	Enable()
-	ReleaseSocketsLater()
+	Begin()
+	Finish()
 	fmt.Println(st.Ino)
 	os.Stdout.Sync()
 	time.Sleep(300 * time.Millisecond)

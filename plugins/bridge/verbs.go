@@ -44,12 +44,6 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	// Without a reaper (DEL called in process, by a test) everything is
-	// done here.
-	withReaper := reaper.Enabled()
-	if withReaper {
-		fw.HoldNetfilterSockets()
-	}
 	ctx := context.Background()
 	var errs []error
 	host, err := hostNS()
@@ -58,20 +52,16 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	defer host.Close()
 	vethName := hostVethName(args.ContainerID, args.IfName)
-	// Removing an empty bridge needs the veth gone first.
-	syncDelete := c.RemoveBridgeWhenEmpty || !withReaper
-	type retired struct {
-		job reaper.Job
-		err error
-	}
-	vethDone := make(chan retired, 1)
+	// Removing an empty bridge needs the veth gone first; without a reaper
+	// (DEL called in process, by a test) it is deleted here too.
+	syncDelete := c.RemoveBridgeWhenEmpty || !reaper.Holding()
+	vethDone := make(chan error, 1)
 	go func() {
 		if syncDelete {
-			vethDone <- retired{err: host.Delete(vethName)}
+			vethDone <- host.Delete(vethName)
 			return
 		}
-		j, err := retire(host, vethName)
-		vethDone <- retired{j, err}
+		vethDone <- retire(host, vethName)
 	}()
 	if c.MacSpoofChk {
 		if err := p.Spoof().DelSpoof(ctx, vethName); err != nil {
@@ -100,9 +90,8 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 			crashpoint.Here("bridge.del.masq." + b)
 		}
 	}
-	r := <-vethDone
-	if r.err != nil {
-		errs = append(errs, r.err)
+	if err := <-vethDone; err != nil {
+		errs = append(errs, err)
 	}
 	crashpoint.Here("bridge.del.veth")
 	if c.RemoveBridgeWhenEmpty {
@@ -115,17 +104,6 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err := p.IPAM.Del(ctx, c.IPAM.Type, args.StdinData); err != nil {
 		errs = append(errs, fmt.Errorf("IPAM %s DEL: %w", c.IPAM.Type, err))
 	}
-	if withReaper {
-		r.job.Files = reaper.NetfilterSockets()
-	}
-	if r.job.LinkIndex != 0 || len(r.job.Files) > 0 {
-		if err := reaper.Start(r.job); err != nil && r.job.LinkIndex != 0 {
-			// No reaper: delete it here (and the sockets wait at exit).
-			if err := host.Delete(vethName); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
 	return errors.Join(errs...)
 }
 
@@ -136,25 +114,28 @@ func goneAlias(vethName string) string { return goneAliasPrefix + vethName }
 
 const goneAliasPrefix = "plumb-gone/"
 
-// retire marks the host veth gone and sets it down, and returns the
-// reaper's job of deleting it. A veth already marked (a retried DEL, whose
-// first reaper may have died) is deleted at once.
-func retire(host *link.NS, vethName string) (reaper.Job, error) {
+// retire marks the host veth gone, sets it down and leaves its deletion
+// to the DEL's reaper (see reaper.Finish). A veth already marked (a retried
+// DEL, whose first reaper may have died) is deleted at once.
+func retire(host *link.NS, vethName string) error {
 	l, err := host.Get(vethName)
 	if err != nil || l == nil {
-		return reaper.Job{}, err
+		return err
 	}
 	gone := goneAlias(vethName)
 	if l.Attrs().Alias == gone {
-		return reaper.Job{}, host.Delete(vethName)
+		return host.Delete(vethName)
 	}
 	if err := host.H.LinkSetAlias(l, gone); err != nil {
-		return reaper.Job{}, fmt.Errorf("mark %s for deletion: %w", vethName, err)
+		return fmt.Errorf("mark %s for deletion: %w", vethName, err)
 	}
 	if err := host.H.LinkSetDown(l); err != nil && !link.IsNotFound(err) {
-		return reaper.Job{}, fmt.Errorf("set %s down: %w", vethName, err)
+		return fmt.Errorf("set %s down: %w", vethName, err)
 	}
-	return reaper.Job{LinkIndex: l.Attrs().Index, LinkAlias: gone}, nil
+	if !reaper.DeleteLinkLater(l.Attrs().Index, gone) {
+		return host.Delete(vethName)
+	}
+	return nil
 }
 
 // removeEmptyBridge deletes the bridge if plumb created it and no port is

@@ -12,7 +12,6 @@ import (
 
 	"github.com/plumbnet/plumb/internal/cniplugin"
 	"github.com/plumbnet/plumb/internal/fw"
-	"github.com/plumbnet/plumb/internal/reaper"
 )
 
 // Plugin implements the firewall CNI plugin.
@@ -192,11 +191,6 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		for _, ipc := range prev.IPs {
 			hint = append(hint, ipc.Address.IP)
 		}
-	}
-	// See portmap's DEL: a reaper releases the netfilter sockets.
-	if reaper.Enabled() {
-		fw.HoldNetfilterSockets()
-		defer reaper.ReleaseSocketsLater()
 	}
 	ctx := context.Background()
 	var errs []error
