@@ -123,3 +123,29 @@ func TestRetiredVethWithoutReaperIsCleaned(t *testing.T) {
 	vethGoneSoon(t, vb)
 	netlink.LinkDel(hostLink(t, bn.Bridge))
 }
+
+// TestDelWithReapersOff: with PLUMB_REAPER=off in the runtime's
+// environment, DEL starts no reaper and has deleted the veth by the time
+// it answers.
+func TestDelWithReapersOff(t *testing.T) {
+	t.Setenv("PLUMB_REAPER", "off")
+	e := NewEnv(t)
+	bn := bridgeNet{Name: "noreaper", Bridge: "plnoreaper", Subnet4: "10.55.0.0/24", DataDir: t.TempDir(),
+		Extra: map[string]any{"ipMasq": true}}
+	l := e.ConfList(bn.conflist("1.0.0"))
+	a := e.add(l, "ctr-noreaper", testns.NewNS(t))
+	veth, ip := a.Res.Interfaces[1].Name, a.ip(true).String()
+	if err := e.CNI.DelNetworkList(e.Ctx(), l, a.RT); err != nil {
+		t.Fatal(err)
+	}
+	if h := hostLink(t, veth); h != nil {
+		t.Fatalf("host veth %s (alias %q) still there when DEL answered", veth, h.Attrs().Alias)
+	}
+	if rs := ruleset(t); strings.Contains(rs, ip) {
+		t.Fatalf("masquerade of %s left when DEL answered:\n%s", ip, rs)
+	}
+	if got := addrFiles(t, bn.DataDir, bn.Name); len(got) != 0 {
+		t.Fatalf("reservations left when DEL answered: %v", got)
+	}
+	netlink.LinkDel(hostLink(t, bn.Bridge))
+}

@@ -185,3 +185,25 @@ func TestStartRefusedOutsidePlugins(t *testing.T) {
 		t.Fatal("Start succeeded in a process that is not a plugin binary")
 	}
 }
+
+// TestSwitchOffDisablesReapers: with PLUMB_REAPER=off a plugin's DEL
+// starts no reaper (Begin holds nothing, DeleteLinkLater refuses, so the
+// caller deletes the link itself), and any other value leaves them on.
+func TestSwitchOffDisablesReapers(t *testing.T) {
+	defer enabled.Store(enabled.Load())
+	defer holding.Store(holding.Load())
+	for _, c := range []struct {
+		val  string
+		want bool
+	}{{"off", false}, {"", true}, {"on", true}} {
+		holding.Store(false)
+		t.Setenv(EnvSwitch, c.val)
+		Enable()
+		Begin()
+		if Enabled() != c.want || Holding() != c.want || DeleteLinkLater(7, "x") != c.want {
+			t.Errorf("%s=%q: enabled %v, holding %v, want %v", EnvSwitch, c.val, Enabled(), Holding(), c.want)
+		}
+	}
+	holding.Store(false)
+	linkIndex, linkAlias = 0, ""
+}
