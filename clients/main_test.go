@@ -14,12 +14,14 @@
 // Everything runs in throwaway namespaces. The test binary re-executes
 // itself twice:
 //
-//  1. into new mount and PID namespaces, where it makes every mount private
-//     and puts fresh tmpfs over /run (named netns, runtime state and sockets,
-//     plumb's locks), a private directory over /var/lib/cni (libcni's cache and
-//     host-local's default data dir) and a fresh /proc. It is PID 1 there, so
-//     when it exits the kernel kills whatever a client left running
-//     (containerd, shims, conmon, containers).
+//  1. into new mount and PID namespaces, as their init (PID 1): it reaps
+//     every orphan there, as an init must (plumb's DEL reapers and whatever
+//     the clients' daemons leave), and runs the tests in a child, which makes
+//     every mount private and puts fresh tmpfs over /run (named netns,
+//     runtime state and sockets, plumb's locks), a private directory over
+//     /var/lib/cni (libcni's cache and host-local's default data dir) and a
+//     fresh /proc. When the init exits the kernel kills whatever a client
+//     left running (containerd, shims, conmon, containers).
 //  2. from there through testns into a fresh network namespace, the "host" of
 //     the tests. podman, containerd, cnitool and the plugins they run are
 //     children of the test process, so they live in that namespace too.
@@ -34,6 +36,7 @@ import (
 	"go/build"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -72,6 +75,8 @@ func run(m *testing.M) int {
 	case testns.InHostNS():
 		binDir, pauseBin = os.Getenv(envBin), os.Getenv(envPause)
 		return testns.RunInHostNS(m) // brings lo up, runs the tests
+	case os.Getenv(envStage) == "init":
+		return initStage()
 	case os.Getenv(envStage) == "private":
 		if err := privateMounts(); err != nil {
 			fmt.Fprintln(os.Stderr, "clients: private mounts:", err)
@@ -101,7 +106,7 @@ func reexecPrivate(dir string) int {
 	}
 	cmd := exec.Command(self, os.Args[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), envStage+"=private",
+	cmd.Env = append(os.Environ(), envStage+"=init",
 		envBin+"="+filepath.Join(dir, "cni"), envPause+"="+filepath.Join(dir, "pause", "pause"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID,
@@ -115,6 +120,49 @@ func reexecPrivate(dir string) int {
 		return 1
 	}
 	return 0
+}
+
+// initStage is PID 1 of the tests' PID namespace: it runs the tests in a
+// child and reaps every process that ends up its child, until the tests
+// have exited, whose status it returns. SIGINT and SIGTERM go on to the
+// tests.
+func initStage() int {
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "clients: find test binary:", err)
+		return 1
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM)
+	cmd := exec.Command(self, os.Args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env = append(os.Environ(), envStage+"=private")
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "clients: start tests:", err)
+		return 1
+	}
+	go func() {
+		for s := range sigs {
+			cmd.Process.Signal(s)
+		}
+	}()
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			fmt.Fprintln(os.Stderr, "clients: wait:", err)
+			return 1
+		case pid != cmd.Process.Pid:
+			continue // an orphan, reaped
+		case ws.Exited():
+			return ws.ExitStatus()
+		default:
+			return 1
+		}
+	}
 }
 
 // privateMounts runs in the fresh mount namespace: stop propagation both
