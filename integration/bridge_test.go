@@ -138,8 +138,18 @@ func TestBridgeTwoContainers(t *testing.T) {
 				t.Fatalf("interfaces = %+v", a.Res.Interfaces)
 			}
 			veth := a.Res.Interfaces[1].Name
-			if hostLink(t, veth) == nil {
+			hv := hostLink(t, veth)
+			if hv == nil {
 				t.Fatalf("host veth %s missing", veth)
+			}
+			// The host end is a bridge port: no IPv6 address of its own
+			// (the link-local one would be generated when the carrier came
+			// up, during ADD). The container keeps its link-local address.
+			if got, _ := netlink.AddrList(hv, netlink.FAMILY_V6); len(got) != 0 {
+				t.Fatalf("host veth %s has IPv6 addresses %v", veth, got)
+			}
+			if !hasLinkLocal6(t, a.NS, "eth0") {
+				t.Fatal("container eth0 has no IPv6 link-local address")
 			}
 			for _, ipc := range a.Res.IPs {
 				if ipc.Interface == nil || *ipc.Interface != 2 {
@@ -411,4 +421,24 @@ func TestBridgeBadNetns(t *testing.T) {
 	if got := addrFiles(t, bn.DataDir, bn.Name); len(got) != 0 {
 		t.Fatalf("reservations: %v", got)
 	}
+}
+
+// hasLinkLocal6 reports whether ifname in n has an fe80::/10 address.
+func hasLinkLocal6(t *testing.T, n *netns.NS, ifname string) bool {
+	t.Helper()
+	found := false
+	if err := n.Do(func() error {
+		l, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+		for _, a := range addrs {
+			found = found || a.IP.IsLinkLocalUnicast()
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return found
 }

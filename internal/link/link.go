@@ -167,13 +167,41 @@ func (n *NS) AddVeth(s VethSpec) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find new veth %s: %w", s.HostName, err)
 	}
-	if s.Alias != "" {
-		if err := n.H.LinkSetAlias(host, s.Alias); err != nil {
-			return host, fmt.Errorf("tag veth %s: %w", s.HostName, err)
-		}
+	if err := n.tagPort(host, s.Alias); err != nil {
+		return host, fmt.Errorf("tag veth %s: %w", s.HostName, err)
 	}
 	return host, nil
 }
+
+// tagPort sets a new bridge port's alias and turns off IPv6 address
+// generation on it, in one request, before the peer comes up. A bridge
+// port never uses an address of its own (the bridge has the host's), yet
+// by default each gets a link-local address, with DAD, router
+// solicitations and MLD reports sent into its container and three IPv6
+// routes in the host's table, which the kernel walks whole at every link
+// state change in the namespace (an alias set took 0.28 ms with 6000 such
+// routes, 0.05 ms with a handful). Where the link has no IPv6 (disabled
+// in the kernel, or an MTU below 1280) only the alias is set.
+func (n *NS) tagPort(l netlink.Link, alias string) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(l.Attrs().Index)
+	req.AddData(msg)
+	if alias != "" {
+		req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(alias)))
+	}
+	spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+	spec.AddRtAttr(unix.AF_INET6, nil).AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, []byte{addrGenModeNone})
+	req.AddData(spec)
+	_, err := n.request(req, 0)
+	if errors.Is(err, unix.EAFNOSUPPORT) && alias != "" {
+		err = n.H.LinkSetAlias(l, alias)
+	}
+	return err
+}
+
+// addrGenModeNone is IN6_ADDR_GEN_MODE_NONE (include/uapi/linux/if_link.h).
+const addrGenModeNone = 1
 
 // Delete removes a link by name; absent is success.
 func (n *NS) Delete(name string) error {

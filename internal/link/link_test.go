@@ -188,3 +188,55 @@ func bridgesIn(t *testing.T, names ...string) (*netns.NS, *NS, []netlink.Link) {
 	}
 	return n, ns, links
 }
+
+// TestAddVethTagsPort: the host end gets its alias, and no IPv6 address
+// generation (a bridge port uses no address of its own); with an MTU below
+// IPv6's minimum the link has no IPv6 at all, and the alias is still set.
+func TestAddVethTagsPort(t *testing.T) {
+	testns.RequireRoot(t)
+	hns, err := netns.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hns.Close()
+	host, err := Open(hns, "host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	br, _, err := host.EnsureBridge(BridgeSpec{Name: "brtag0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.H.LinkDel(br)
+	for i, mtu := range []int{0, 1200} {
+		name := fmt.Sprintf("vtag%d", i)
+		cns := testns.NewNS(t)
+		v, err := host.AddVeth(VethSpec{HostName: name, Alias: "plumb/test/" + name, MasterIndex: br.Index, MTU: mtu, PeerName: "eth0", PeerNS: cns})
+		if err != nil {
+			t.Fatalf("MTU %d: %v", mtu, err)
+		}
+		got, err := host.Get(name)
+		if err != nil || got == nil {
+			t.Fatalf("MTU %d: %s not found: %v", mtu, name, err)
+		}
+		if got.Attrs().Alias != "plumb/test/"+name {
+			t.Errorf("MTU %d: alias %q", mtu, got.Attrs().Alias)
+		}
+		// Bring the peer up: with generation on, the host end would now
+		// get its link-local address.
+		if err := cns.Do(func() error {
+			l, err := netlink.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			return netlink.LinkSetUp(l)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if a, _ := host.H.AddrList(v, netlink.FAMILY_V6); len(a) != 0 {
+			t.Errorf("MTU %d: host end has IPv6 addresses %v", mtu, a)
+		}
+		host.H.LinkDel(v)
+	}
+}
