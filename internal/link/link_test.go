@@ -21,17 +21,7 @@ func TestMain(m *testing.M) { testns.MainInHostNS(m) }
 // neither end may stay behind: the container would keep an eth0 that
 // blocks every later ADD.
 func TestAddVethFailureLeavesNothing(t *testing.T) {
-	testns.RequireRoot(t)
-	hns, err := netns.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hns.Close()
-	host, err := Open(hns, "host")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
+	host := openHost(t)
 	cns := testns.NewNS(t)
 	cont, err := Open(cns, cns.Path())
 	if err != nil {
@@ -193,17 +183,7 @@ func bridgesIn(t *testing.T, names ...string) (*netns.NS, *NS, []netlink.Link) {
 // generation (a bridge port uses no address of its own); with an MTU below
 // IPv6's minimum the link has no IPv6 at all, and the alias is still set.
 func TestAddVethTagsPort(t *testing.T) {
-	testns.RequireRoot(t)
-	hns, err := netns.Current()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hns.Close()
-	host, err := Open(hns, "host")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer host.Close()
+	host := openHost(t)
 	br, _, err := host.EnsureBridge(BridgeSpec{Name: "brtag0"})
 	if err != nil {
 		t.Fatal(err)
@@ -239,4 +219,21 @@ func TestAddVethTagsPort(t *testing.T) {
 		}
 		host.H.LinkDel(v)
 	}
+}
+
+// openHost opens the test's host namespace (this process's own).
+func openHost(t *testing.T) *NS {
+	t.Helper()
+	testns.RequireRoot(t)
+	hns, err := netns.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hns.Close()
+	host, err := Open(hns, "host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(host.Close)
+	return host
 }
