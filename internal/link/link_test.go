@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -214,8 +216,17 @@ func TestAddVethTagsPort(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
+		host.WaitOperUp(name, time.Second)
 		if a, _ := host.H.AddrList(v, netlink.FAMILY_V6); len(a) != 0 {
 			t.Errorf("MTU %d: host end has IPv6 addresses %v", mtu, a)
+		}
+		// Where the link has IPv6, the mode itself says so (ip prints it).
+		out, err := exec.Command("ip", "-d", "-o", "link", "show", "dev", name).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip link show %s: %v\n%s", name, err, out)
+		}
+		if mtu == 0 && !strings.Contains(string(out), "addrgenmode none") {
+			t.Errorf("host end %s: %s", name, out)
 		}
 		host.H.LinkDel(v)
 	}
