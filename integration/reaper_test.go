@@ -25,6 +25,18 @@ func retire(t *testing.T, veth string) {
 	}
 }
 
+// inertWhenDelAnswered checks, straight after DEL, that the masquerade of
+// ip and bn's reservations are gone.
+func inertWhenDelAnswered(t *testing.T, bn bridgeNet, ip string) {
+	t.Helper()
+	if rs := ruleset(t); strings.Contains(rs, ip) {
+		t.Fatalf("masquerade of %s left when DEL answered:\n%s", ip, rs)
+	}
+	if got := addrFiles(t, bn.DataDir, bn.Name); len(got) != 0 {
+		t.Fatalf("reservations left when DEL answered: %v", got)
+	}
+}
+
 // TestDelRetiresVethForReaper: when DEL answers, the attachment is inert
 // (host veth marked and down, masquerade gone, address free), and the veth
 // itself is gone moments later.
@@ -38,13 +50,7 @@ func TestDelRetiresVethForReaper(t *testing.T) {
 	if err := e.CNI.DelNetworkList(e.Ctx(), l, a.RT); err != nil {
 		t.Fatal(err)
 	}
-	// Checked before waiting: none of this is left to the reaper.
-	if rs := ruleset(t); strings.Contains(rs, ip) {
-		t.Fatalf("masquerade of %s left when DEL answered:\n%s", ip, rs)
-	}
-	if got := addrFiles(t, bn.DataDir, bn.Name); len(got) != 0 {
-		t.Fatalf("reservations left when DEL answered: %v", got)
-	}
+	inertWhenDelAnswered(t, bn, ip) // none of this is left to the reaper
 	vethGoneSoon(t, veth)
 	netlink.LinkDel(hostLink(t, bn.Bridge))
 }
@@ -141,11 +147,6 @@ func TestDelWithReapersOff(t *testing.T) {
 	if h := hostLink(t, veth); h != nil {
 		t.Fatalf("host veth %s (alias %q) still there when DEL answered", veth, h.Attrs().Alias)
 	}
-	if rs := ruleset(t); strings.Contains(rs, ip) {
-		t.Fatalf("masquerade of %s left when DEL answered:\n%s", ip, rs)
-	}
-	if got := addrFiles(t, bn.DataDir, bn.Name); len(got) != 0 {
-		t.Fatalf("reservations left when DEL answered: %v", got)
-	}
+	inertWhenDelAnswered(t, bn, ip)
 	netlink.LinkDel(hostLink(t, bn.Bridge))
 }
