@@ -194,8 +194,11 @@ func (n *NS) tagPort(l netlink.Link, alias string) error {
 	spec.AddRtAttr(unix.AF_INET6, nil).AddRtAttr(unix.IFLA_INET6_ADDR_GEN_MODE, []byte{addrGenModeNone})
 	req.AddData(spec)
 	_, err := n.request(req, 0)
-	if errors.Is(err, unix.EAFNOSUPPORT) && alias != "" {
-		err = n.H.LinkSetAlias(l, alias)
+	if errors.Is(err, unix.EAFNOSUPPORT) {
+		if alias == "" {
+			return nil
+		}
+		return n.H.LinkSetAlias(l, alias)
 	}
 	return err
 }
